@@ -110,9 +110,10 @@ class GroupedMultiHeadAttention(nn.Module):
             self.refine_out = nn.Parameter(torch.zeros(self.max_groups, R, D))
         self.aggregate = grouped and cfg.aggregate_groups
         if self.aggregate:
-            self.summary_qkv = nn.Linear(D, 3 * D)
-            self.summary_out = nn.Linear(D, D)
-            # Zero-initialised fuse: the block starts out purely local (DESIGN.md §2.1).
+            # The summaries attend through this layer's own qkv / out_proj weights (paper
+            # silent; sharing them keeps the long-range path cheap in parameters). Only the
+            # fuse projection is new, zero-initialised so the block starts out purely local
+            # (DESIGN.md §2.1).
             self.fuse = nn.Linear(D, D)
             nn.init.zeros_(self.fuse.weight)
             nn.init.zeros_(self.fuse.bias)
@@ -164,8 +165,9 @@ class GroupedMultiHeadAttention(nn.Module):
         count = weight.sum(dim=2)  # [B, G, 1]
         summary = (x * weight).sum(dim=2) / count.clamp_min(1.0)  # [B, G, D], masked mean
         group_real = count.squeeze(-1) > 0  # [B, G]
-        q, k, v = self.summary_qkv(summary).view(B, G, 3, H, D // H).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(summary).view(B, G, 3, H, D // H)  # [B, G, 3, H, Dh]
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # 3 x [B, H, G, Dh]
         _, probs = grouped_attention_core(q, k, v, group_real, None, need_probs=True)
         mixed = (probs @ v).transpose(1, 2).reshape(B, G, D)  # [B, G, D]
-        fused = self.fuse(self.summary_out(mixed))  # [B, G, D]
+        fused = self.fuse(self.out_proj(mixed))  # [B, G, D]
         return fused, (probs if need_maps else None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -55,6 +56,7 @@ class DasgConfig:
     n_deep: int = 4
     d_ff: int = 256  # hidden width of a shallow expert (and of the dense FFN)
     d_ff_deep: int = 64  # width of the deep experts' trainable middle layer
+    d_ff_dense: int | None = None  # width of dense FFN layers (None: d_ff)
     top_k: int = 2
     theta_s: float = 0.3  # score below: shallow tier
     theta_d: float = 0.7  # score above: deep tier
@@ -73,10 +75,26 @@ class DasgConfig:
 
     def __post_init__(self) -> None:
         # JSON gives lists and string keys; normalise so equality survives a round trip.
-        object.__setattr__(self, "deep_init_from", tuple(int(i) for i in self.deep_init_from))
-        object.__setattr__(self, "special_token_ids",
-                           tuple(int(i) for i in self.special_token_ids))
-        object.__setattr__(self, "id2label", {int(k): str(v) for k, v in self.id2label.items()})
+        # A hand-edited config.json may hold anything: name the field instead of letting an
+        # AttributeError or a bare int() message escape.
+        try:
+            object.__setattr__(self, "deep_init_from",
+                               tuple(int(i) for i in self.deep_init_from))
+            object.__setattr__(self, "special_token_ids",
+                               tuple(int(i) for i in self.special_token_ids))
+        except (TypeError, ValueError):
+            raise ValueError(f"config fields 'deep_init_from' and 'special_token_ids' must be "
+                             f"lists of integers, got {self.deep_init_from!r} and "
+                             f"{self.special_token_ids!r}") from None
+        if not isinstance(self.id2label, dict):
+            raise ValueError(f"config field 'id2label' must be an object mapping label ids to "
+                             f"names, got {self.id2label!r}")
+        try:
+            id2label = {int(k): str(v) for k, v in self.id2label.items()}
+        except ValueError:
+            raise ValueError(f"config field 'id2label' keys must be integers, got "
+                             f"{list(self.id2label)}") from None
+        object.__setattr__(self, "id2label", id2label)
         self.validate()
 
     def validate(self) -> None:
@@ -88,12 +106,23 @@ class DasgConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"config field {name!r} must be a positive integer, got {value!r}")
+        numbers = ["theta_s", "theta_d", "dropout", "layer_norm_eps", "aux_loss_coef",
+                   "compute_loss_coef"]
+        for name in numbers:
+            value = getattr(self, name)
+            if (not isinstance(value, int | float) or isinstance(value, bool)
+                    or not math.isfinite(value)):
+                raise ValueError(f"config field {name!r} must be a finite number, got {value!r}")
         choices = {"router": RouterKind, "attention": AttentionKind,
                    "norm_position": NormPosition}
         for name, kind in choices.items():
             if getattr(self, name) not in get_args(kind):
                 raise ValueError(f"config field {name!r} is {getattr(self, name)!r}; "
                                  f"expected one of {', '.join(get_args(kind))}")
+        if self.d_ff_dense is not None and (not isinstance(self.d_ff_dense, int)
+                                            or self.d_ff_dense <= 0):
+            raise ValueError(f"config field 'd_ff_dense' must be a positive integer or null, "
+                             f"got {self.d_ff_dense!r}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads "
                              f"({self.n_heads})")

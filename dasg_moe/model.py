@@ -62,6 +62,9 @@ class Embeddings(nn.Module):
         self.segment = nn.Embedding(cfg.type_vocab_size, cfg.d_model)
         self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.dropout)
+        for table in (self.word, self.position, self.segment):
+            nn.init.normal_(table.weight, std=0.02)  # BERT's scale; N(0, 1) would blow up
+            # the logits of the MLM decoder, which reuses the word embeddings
 
     def forward(self, input_ids: Tensor, token_type_ids: Tensor) -> Tensor:
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
@@ -174,9 +177,10 @@ class DasgMoEModel(nn.Module):
         return ModelOutput(logits, loss, aux, routing_trace, **stats)
 
     def mlm_loss(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor,
-                 mlm_labels: Tensor) -> Tensor:
+                 mlm_labels: Tensor, overrides: RoutingOverrides | None = None) -> Tensor:
         """Masked-language-model loss (labels -100 where not masked) + weighted aux losses."""
-        hidden, layers, _, _ = self.encode(input_ids, attention_mask, token_type_ids)
+        hidden, layers, _, _ = self.encode(input_ids, attention_mask, token_type_ids,
+                                           overrides=overrides)
         h = self.mlm_norm(F.gelu(self.mlm_transform(hidden)))  # [B, L, D]
         logits = h @ self.embeddings.word.weight.T + self.mlm_bias  # [B, L, V]
         loss = F.cross_entropy(logits.float().flatten(0, 1), mlm_labels.flatten(),

@@ -79,7 +79,7 @@ class DenseFFN(nn.Module):
 
     def __init__(self, cfg: DasgConfig) -> None:
         super().__init__()
-        self.experts = ShallowExperts(1, cfg.d_model, cfg.d_ff)
+        self.experts = ShallowExperts(1, cfg.d_model, cfg.d_ff_dense or cfg.d_ff)
 
     def forward(self, inp: MoEInput) -> MoEOutput:
         T = inp.x.shape[0]

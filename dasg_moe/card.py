@@ -1,0 +1,156 @@
+"""Model cards and routing summaries for checkpoints (DESIGN.md §4).
+
+`routing_summary` measures, on the validation split, what a model card reports beside the
+task metrics: deep-tier rate per layer, expert load (share of expert computations each
+expert took, per MoE layer) and parameter counts (total, and active per token).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from .config import DasgConfig
+from .data import batches, load_glue
+from .model import DasgMoEModel
+from .runtime import autocast
+
+
+def parameter_counts(model: DasgMoEModel, experts_per_token: dict[str, float]) -> dict:
+    """Total parameters and parameters active for one token.
+
+    experts_per_token: mean number of shallow / deep / single-tier expert computations per
+    token in an MoE layer ({"shallow": .., "deep": .., "experts": ..}).
+    """
+    total = sum(p.numel() for p in model.parameters())
+    active = total
+    for block in model.blocks:
+        ffn = block.ffn
+        for tier in ("shallow", "deep", "experts"):
+            bank = getattr(ffn, tier, None)
+            if bank is None or not hasattr(bank, "n_experts") or bank.n_experts == 1:
+                continue
+            per_expert = sum(p.numel() for p in bank.parameters()) / bank.n_experts
+            active -= per_expert * (bank.n_experts - experts_per_token.get(tier, 0.0))
+    return {"params_total": int(total), "params_active": int(round(active))}
+
+
+@torch.no_grad()
+def routing_summary(model: DasgMoEModel, tokenizer, task: str, data_dir: str | None,
+                    max_examples: int = 256, batch_size: int = 32) -> dict:
+    """Deep-tier rate per layer, expert load per layer and parameter counts, measured on the
+    first `max_examples` validation examples."""
+    cfg = model.config
+    device = next(model.parameters()).device
+    dataset = load_glue(task, "validation", data_dir)
+    dataset = dataset.select(range(min(max_examples, len(dataset))))
+    n_experts = len(model.expert_labels())
+    load = np.zeros((cfg.n_layers, n_experts))
+    deep = np.zeros(cfg.n_layers)
+    tokens = 0
+    for batch in batches(dataset, tokenizer, task, batch_size, cfg.max_len):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with autocast(device):
+            out = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+                        trace=True)
+        for rec in out.trace.records:
+            idx = rec.expert_idx[rec.token_mask]  # [n, S, K]
+            idx = idx[idx >= 0]
+            load[rec.layer] += np.bincount(idx.numpy(), minlength=n_experts)[:n_experts]
+            deep[rec.layer] += float((rec.tier[rec.token_mask] == 1).sum())
+        tokens += int(batch["attention_mask"].sum())
+    moe_layers = [i for i in range(cfg.n_layers) if cfg.is_moe_layer(i)]
+    share = load / np.maximum(load.sum(1, keepdims=True), 1)
+    labels = model.expert_labels()
+    n_shallow = cfg.n_shallow
+    per_token = {}
+    if moe_layers:
+        mean_load = load[moe_layers].sum(0) / max(tokens, 1) / len(moe_layers)
+        if cfg.has_tiers:
+            per_token = {"shallow": float(mean_load[:n_shallow].sum()),
+                         "deep": float(mean_load[n_shallow:].sum())}
+        else:
+            per_token = {"experts": float(mean_load.sum())}
+    return {
+        "deep_tier_rate_by_layer": {str(i): (deep[i] / tokens if cfg.has_tiers and tokens
+                                             else None) for i in moe_layers},
+        "expert_load_by_layer": {str(i): dict(zip(labels, np.round(share[i], 4).tolist(),
+                                                  strict=True)) for i in moe_layers},
+        **parameter_counts(model, per_token),
+    }
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def model_card(cfg: DasgConfig, metrics: dict, name: str, notes: str = "") -> str:
+    """Markdown model card from the config and the measured metrics."""
+    training = metrics.get("training", {})
+    load_lines = []
+    for layer, shares in metrics.get("expert_load_by_layer", {}).items():
+        values = np.array(list(shares.values()))
+        load_lines.append(f"| {layer} | {values.min():.3f} | {values.max():.3f} | "
+                          f"{values.std() / max(values.mean(), 1e-9):.2f} | "
+                          f"{_fmt(metrics.get('deep_tier_rate_by_layer', {}).get(layer))} |")
+    deep_text = f", {cfg.n_deep} deep (middle width {cfg.d_ff_deep})" if cfg.has_tiers else ""
+    attention = (f"GMHA, G = {cfg.n_groups} groups of {cfg.group_len} tokens, window "
+                 f"{cfg.window}, aggregation {'on' if cfg.aggregate_groups else 'off'}"
+                 if cfg.attention == "gmha" else "full multi-head attention")
+    return f"""# {name}
+
+A DASG-MoE routing-lab checkpoint: router `{cfg.router}`, {attention}, task `{cfg.task}`.
+{notes}
+## Model
+| field | value |
+|---|---|
+| layers / d_model / heads | {cfg.n_layers} / {cfg.d_model} / {cfg.n_heads} |
+| MoE layers | every {cfg.moe_every} (others dense, width {cfg.d_ff_dense or cfg.d_ff}) |
+| experts | {cfg.n_shallow} shallow (width {cfg.d_ff}){deep_text}, top-{cfg.top_k} |
+| thresholds | theta_s = {cfg.theta_s}, theta_d = {cfg.theta_d} |
+| parameters | {metrics.get('params_total', 0) / 1e6:.2f} M total, {
+    metrics.get('params_active', 0) / 1e6:.2f} M active per token |
+
+## Data
+GLUE `{cfg.task}`: trained on the train split, measured on the validation split
+({metrics.get('n_examples', 'n/a')} examples) with `python -m dasg_moe.evaluate`.
+
+## Validation metrics
+| metric | value |
+|---|---|
+""" + "".join(f"| {k} | {_fmt(metrics.get(k))} |\n" for k in (
+        "accuracy", "f1", "matthews", "deep_tier_rate", "mean_experts_per_token",
+        "flops_per_token") if k in metrics) + f"""
+## Expert load (validation, share of expert computations per expert)
+| layer | min share | max share | coeff. of variation | deep-tier rate |
+|---|---|---|---|---|
+{chr(10).join(load_lines) or "| (no MoE layers) | | | | |"}
+
+## How it was built
+```bash
+{training.get('command', 'n/a')}
+```
+Training time {_fmt(training.get('seconds'), 0)} s on {training.get('hardware', 'n/a')}
+(torch {training.get('torch', 'n/a')}), seed {training.get('seed', 'n/a')}.
+
+Run it under other thresholds without retraining:
+`python -m dasg_moe.evaluate --checkpoint sample_checkpoints/{name} --theta-s 0.2 --theta-d 0.8`.
+
+## Known weaknesses
+Small model trained for minutes on one GLUE task: it has seen little text, so routing
+pictures show what *this* model learned, not what a large pretrained DASG-MoE would do.
+
+<details><summary>metrics.json</summary>
+
+```json
+{json.dumps({k: v for k, v in metrics.items() if k not in ('expert_load_by_layer',)},
+            indent=1)[:3000]}
+```
+</details>
+"""
