@@ -27,7 +27,7 @@ _SMALL = ["--set", "d_model=64", "--set", "n_layers=2", "--set", "n_heads=4",
 RECIPES: dict[str, list[str]] = {
     "mrpc-dasg-minilm": ["--task", "mrpc", "--router", "dasg", "--epochs", "3", *_MINILM],
     "sst2-dasg-minilm": ["--task", "sst2", "--router", "dasg", "--epochs", "1",
-                         "--max-train-examples", "30000", *_MINILM],
+                         "--max-train-examples", "16000", *_MINILM],
     "mrpc-switch-minilm": ["--task", "mrpc", "--router", "switch", "--epochs", "3",
                            "--set", "n_shallow=8", *_MINILM],
     "mrpc-dasg-small": ["--task", "mrpc", "--router", "dasg", *_SMALL],
