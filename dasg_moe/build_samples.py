@@ -11,10 +11,12 @@ cards in `sample_checkpoints/*/README.md` quote the exact command that built eac
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from . import train
+from .checkpoint import read_config
 
 # Flagships: pre-training transfer from all-MiniLM-L6-v2 (DESIGN.md §4).
 _MINILM = ["--from-pretrained", "minilm", "--lr", "5e-5", "--new-param-lr", "1e-3",
@@ -50,6 +52,45 @@ RECIPES: dict[str, list[str]] = {
 }
 
 
+def results_table(root: Path) -> str:
+    """The README's table: one row per checkpoint folder under `root`, from its config.json
+    and metrics.json (measured by `evaluate.py` on the validation split)."""
+    header = ("| checkpoint | task | router | attention | G | params total / active | "
+              "accuracy | F1 | deep-tier rate | experts / token | FFN MFLOPs / token |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|\n")
+    rows = []
+    for folder in sorted(p for p in root.iterdir() if (p / "metrics.json").is_file()):
+        cfg = read_config(folder)
+        m = json.loads((folder / "metrics.json").read_text())
+
+        def fmt(key, digits=3, m=m):
+            value = m.get(key)
+            return "n/a" if value is None or value != value else f"{value:.{digits}f}"
+
+        groups = cfg.n_groups if cfg.attention == "gmha" else "full"
+        rows.append(f"| {folder.name} | {cfg.task} | {cfg.router} | {cfg.attention} | {groups} "
+                    f"| {m['params_total'] / 1e6:.2f} M / {m['params_active'] / 1e6:.2f} M "
+                    f"| {fmt('accuracy')} | {fmt('f1')} | {fmt('deep_tier_rate')} "
+                    f"| {fmt('mean_experts_per_token', 2)} "
+                    f"| {m['flops_per_token'] / 1e6:.2f} |")
+    return header + "\n".join(rows)
+
+
+def verify(folder: Path, data_dir: str | None, tolerance: float = 0.005) -> list[str]:
+    """Re-evaluate a shipped checkpoint (as loaded: fp16 weights) and list every metric of
+    its metrics.json that `evaluate` no longer reproduces within `tolerance`."""
+    from .checkpoint import load_checkpoint
+    from .evaluate import evaluate_model
+
+    ckpt = load_checkpoint(folder)
+    fresh = evaluate_model(ckpt.model, ckpt.tokenizer, ckpt.config.task, "validation",
+                           data_dir, progress=False)
+    return [f"{folder.name}: {key} {ckpt.metrics[key]:.4f} shipped, {fresh[key]:.4f} now"
+            for key in ("accuracy", "f1", "matthews", "deep_tier_rate")
+            if key in ckpt.metrics and ckpt.metrics[key] is not None
+            and abs(ckpt.metrics[key] - fresh[key]) > tolerance]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dasg_moe.build_samples", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -58,7 +99,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=sorted(RECIPES), metavar="NAME")
     parser.add_argument("--force", action="store_true", help="rebuild existing checkpoints")
     parser.add_argument("--list", action="store_true", help="print the recipes and exit")
+    parser.add_argument("--verify", action="store_true",
+                        help="re-evaluate the built checkpoints against their metrics.json")
+    parser.add_argument("--table", action="store_true",
+                        help="print the results table of the built checkpoints and exit")
     args = parser.parse_args(argv)
+    if args.table:
+        print(results_table(args.out_dir))
+        return 0
+    if args.verify:
+        problems = [p for name in args.only or RECIPES if (args.out_dir / name).is_dir()
+                    for p in verify(args.out_dir / name, args.data_dir)]
+        print("\n".join(problems) or "every shipped metrics.json reproduced within 0.5 points")
+        return 1 if problems else 0
     for name in args.only or RECIPES:
         out = args.out_dir / name
         command = [*RECIPES[name], "--out", str(out)]
