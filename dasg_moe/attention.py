@@ -16,7 +16,6 @@ group, N = B*G groups in the batch.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -69,23 +68,56 @@ class AttentionOutput:
 
 def grouped_attention_core(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor,
                            window: Tensor | None, need_probs: bool) -> tuple[Tensor, Tensor | None]:
-    """Attention of every group at once.
+    """Attention of every group at once (DESIGN.md §2.1: groups are a batch dimension).
 
     q, k, v: [N, H, M, Dh]; key_mask: [N, M] bool (real tokens); window: [M, M] bool or None.
     Returns the output [N, H, M, Dh] and, when `need_probs`, the probabilities [N, H, M, M].
     Every query may attend itself, so a padding query never sees an all-masked row (its
     output is discarded later); a real query sees itself anyway.
+
+    A mask is built only when it changes the result (issue 6, measured in bench/): with no
+    padding and no window SDPA gets attn_mask=None and runs its fused kernel on the bare
+    [N, H, M, Dh] tensors; with a window but no padding it gets the [M, M] band alone,
+    broadcast over groups and heads (the band holds the diagonal); only a padded input gets
+    the full [N, 1, M, M] mask. `key_mask.all()` is one small reduction (a host sync on a
+    GPU), far cheaper than the mask it saves.
     """
-    M = q.shape[-2]
-    allowed = key_mask[:, None, None, :]  # [N, 1, 1, M]
-    if window is not None:
-        allowed = allowed & window  # [N, 1, M, M]
-    allowed = allowed | torch.eye(M, dtype=torch.bool, device=q.device)  # [N, 1, M, M]
+    M, Dh = q.shape[-2], q.shape[-1]
+    allowed = None
+    if not bool(key_mask.all()):
+        allowed = key_mask[:, None, None, :]  # [N, 1, 1, M]
+        if window is not None:
+            allowed = allowed & window  # [N, 1, M, M]
+        allowed = allowed | torch.eye(M, dtype=torch.bool, device=q.device)  # [N, 1, M, M]
+    elif window is not None:
+        allowed = window  # [M, M]
     if not need_probs:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed), None
-    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # [N, H, M, M]
-    probs = scores.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
+    scores = (q * Dh**-0.5) @ k.transpose(-2, -1)  # [N, H, M, M]; scaling q costs M*Dh, not M*M
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    probs = scores.softmax(dim=-1)  # [N, H, M, M]
     return probs @ v, probs
+
+
+def attention_statistics(probs: Tensor, query_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """The evaluator's attention statistics (DESIGN.md §2.3) from the group probabilities.
+
+    probs: [N, H, M, M]; query_mask: [N, M] bool, True on real queries. Returns
+    - received [N, M]: attention each token receives from the real queries of its group
+      (column sums of the probabilities), mean over heads;
+    - entropy [N, M]: entropy of each token's own attention row, mean over heads.
+    The column sums are one batched vector-matrix product, mask weights [N, 1, H*M] times
+    probs [N, H*M, M], so no masked copy of probs and no strided reduction over queries is
+    made; the entropy is one `entr` pass (-p log p, with 0 log 0 = 0).
+    """
+    N, H, M, _ = probs.shape
+    weights = query_mask.to(probs.dtype).repeat(1, H).unsqueeze(1)  # [N, 1, H*M]
+    received = (weights @ probs.reshape(N, H * M, M)).squeeze(1) / H  # [N, M]
+    # entr's gradient is NaN at p = 0 (masked keys); the entropy is a routing feature, so no
+    # gradient flows back into attention through it.
+    entropy = torch.special.entr(probs.detach()).sum(dim=-1).mean(dim=1)  # [N, M]
+    return received, entropy
 
 
 class GroupedMultiHeadAttention(nn.Module):
@@ -147,12 +179,10 @@ class GroupedMultiHeadAttention(nn.Module):
         out = out[:, :L]
 
         received = entropy = None
-        if need_stats:
-            query_mask = key_mask[:, None, :, None].to(probs.dtype)  # [N, 1, M, 1]
-            real_probs = probs * query_mask  # rows of padding queries count for nothing
-            received = real_probs.sum(dim=2).mean(dim=1).view(B, G * M)[:, :L]  # [B, L]
-            row_entropy = -(probs * probs.clamp_min(1e-12).log()).sum(dim=-1)  # [N, H, M]
-            entropy = row_entropy.mean(dim=1).view(B, G * M)[:, :L]  # [B, L]
+        if need_stats:  # rows of padding queries count for nothing
+            received, entropy = attention_statistics(probs, key_mask)  # 2 x [N, M]
+            received = received.view(B, G * M)[:, :L]  # [B, L]
+            entropy = entropy.view(B, G * M)[:, :L]  # [B, L]
         local_probs = probs.view(B, G, H, M, M) if need_maps else None
         return AttentionOutput(out, received, entropy, local_probs, summary_probs, M, G)
 
@@ -167,7 +197,7 @@ class GroupedMultiHeadAttention(nn.Module):
         group_real = count.squeeze(-1) > 0  # [B, G]
         qkv = self.qkv(summary).view(B, G, 3, H, D // H)  # [B, G, 3, H, Dh]
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # 3 x [B, H, G, Dh]
-        _, probs = grouped_attention_core(q, k, v, group_real, None, need_probs=True)
-        mixed = (probs @ v).transpose(1, 2).reshape(B, G, D)  # [B, G, D]
+        mixed, probs = grouped_attention_core(q, k, v, group_real, None, need_maps)
+        mixed = mixed.transpose(1, 2).reshape(B, G, D)  # [B, G, D]
         fused = self.fuse(self.out_proj(mixed))  # [B, G, D]
         return fused, (probs if need_maps else None)

@@ -34,25 +34,30 @@ def dispatch(x: Tensor, expert_idx: Tensor, gate: Tensor,
     x: [T, D]; expert_idx: [T, K] int (-1 marks an unused slot); gate: [T, K];
     expert_forward(e, x_e) runs expert e on x_e: [T_e, D]; flops_per_expert: [E] FLOPs of one
     token through expert e.
+
+    Copies kept to the minimum (issue 6, measured in bench/): the slots are sorted once with
+    the unused ones (-1) first, so one `bincount` gives both the number of unused slots to skip
+    and the tokens per expert, with no boolean-mask copies; each expert's gate-weighted output
+    is added straight into `out`, so the [A, D] outputs are never concatenated. A token's FLOPs
+    are read from its own slots (no scatter).
     """
     T, K = expert_idx.shape
     E = flops_per_expert.shape[0]
     flat_expert = expert_idx.reshape(-1)  # [T*K]
-    used = flat_expert >= 0
-    token = torch.arange(T, device=x.device).repeat_interleave(K)[used]  # [A] assignments
-    expert = flat_expert[used]
-    weight = gate.reshape(-1)[used]
-    order = torch.argsort(expert, stable=True)
-    token, expert, weight = token[order], expert[order], weight[order]
-    tokens_per_expert = torch.bincount(expert, minlength=E)  # [E]
+    counts = torch.bincount(flat_expert + 1, minlength=E + 1)  # [E+1]: unused slots, then experts
+    order = torch.argsort(flat_expert, stable=True)  # [T*K] grouped by expert, unused first
+    n_unused, *sizes = counts.tolist()  # one host sync: the slice sizes
+    order = order[n_unused:]  # [A] assignments, A = T*K - unused
+    token = order // K  # [A]
+    weight = gate.reshape(-1)[order]  # [A]
 
-    outputs = []
-    for e, x_e in enumerate(x[token].split(tokens_per_expert.tolist())):  # loop over experts
-        if x_e.shape[0]:
-            outputs.append(expert_forward(e, x_e))
-    y = torch.cat(outputs) if outputs else x.new_zeros(0, x.shape[1])  # [A, D]
-    y = y * weight.unsqueeze(-1).to(y.dtype)
-    out = torch.zeros_like(x).index_add_(0, token, y.to(x.dtype))  # [T, D]
-    flops = torch.zeros(T, device=x.device).index_add_(0, token,
-                                                       flops_per_expert[expert].float())
-    return DispatchResult(out, tokens_per_expert, flops)
+    out = torch.zeros_like(x)  # [T, D]
+    for e, (token_e, weight_e) in enumerate(zip(token.split(sizes), weight.split(sizes),
+                                                strict=True)):  # loop over experts
+        if token_e.shape[0]:
+            y = expert_forward(e, x[token_e])  # [T_e, D]
+            out.index_add_(0, token_e, (y * weight_e.unsqueeze(-1).to(y.dtype)).to(x.dtype))
+    used = expert_idx >= 0  # [T, K]
+    slot_flops = flops_per_expert.float()[expert_idx.clamp_min(0)]  # [T, K]
+    flops = torch.where(used, slot_flops, 0.0).sum(dim=-1)  # [T]
+    return DispatchResult(out, counts[1:], flops)

@@ -47,8 +47,9 @@ class ShallowExperts(nn.Module):
 
     def expert_forward(self, e: int, x: Tensor) -> Tensor:
         """Run expert `e` on its tokens x: [T_e, D] -> [T_e, D]."""
-        hidden = F.gelu(x @ self.w_in[e] + self.b_in[e])  # [T_e, F]
-        return hidden @ self.w_out[e] + self.b_out[e]
+        # addmm adds the bias inside the matmul: no extra [T_e, F] pass or allocation.
+        hidden = F.gelu(torch.addmm(self.b_in[e], x, self.w_in[e]))  # [T_e, F]
+        return torch.addmm(self.b_out[e], hidden, self.w_out[e])  # [T_e, D]
 
 
 class DeepExperts(nn.Module):
@@ -77,10 +78,10 @@ class DeepExperts(nn.Module):
         return 2 * (d_model * d_ff + d_ff * d_ff_deep + d_ff_deep * d_ff + d_ff * d_model)
 
     def expert_forward(self, e: int, x: Tensor) -> Tensor:
-        h1 = F.gelu(x @ self.w1[e] + self.b1[e])  # [T_e, F]   frozen layer 1
-        h2 = F.gelu(h1 @ self.w2[e] + self.b2[e])  # [T_e, Fd]
-        h3 = F.gelu(h2 @ self.w3[e] + self.b3[e]) + h1  # [T_e, F]  residual from layer 1
-        return h3 @ self.w_out[e] + self.b_out[e]  # [T_e, D]
+        h1 = F.gelu(torch.addmm(self.b1[e], x, self.w1[e]))  # [T_e, F]   frozen layer 1
+        h2 = F.gelu(torch.addmm(self.b2[e], h1, self.w2[e]))  # [T_e, Fd]
+        h3 = F.gelu(torch.addmm(self.b3[e], h2, self.w3[e])) + h1  # [T_e, F] residual from h1
+        return torch.addmm(self.b_out[e], h3, self.w_out[e])  # [T_e, D]
 
     @torch.no_grad()
     def transfer_from(self, shallow: ShallowExperts, source: tuple[int, ...]) -> None:

@@ -143,3 +143,32 @@ def tiny_checkpoint(small_tokenizer, tmp_path_factory) -> Path:
                      id2label={0: "not_equivalent", 1: "equivalent"})
     return save_checkpoint(DasgMoEModel(cfg), small_tokenizer,
                            tmp_path_factory.mktemp("analysis") / "mrpc-dasg-tiny")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def analysis_cli_runs(request, tmp_path_factory) -> tuple[Path, dict[str, BackgroundRun]] | None:
+    """`python -m analysis overrouting` and `sweep` on `tiny_checkpoint` and the first MRPC
+    validation examples, for tests/test_analysis_cli.py; started at the beginning of the
+    session (only when that file is selected) for the same reason as `cli_runs`. Yields the
+    output folder and the runs."""
+    if not any(item.path.name == "test_analysis_cli.py" for item in request.session.items):
+        yield None
+        return
+    checkpoint = request.getfixturevalue("tiny_checkpoint")
+    tmp = tmp_path_factory.mktemp("analysis-cli")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+           "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_CACHE": str(tmp / "hf-cache")}
+    common = ["--checkpoint", str(checkpoint), "--task", "mrpc", "--data-dir", str(GLUE_DIR),
+              "--max-examples", "24", "--batch-size", "8", "--device", "cpu", "--no-progress"]
+    runs = {
+        "overrouting": BackgroundRun(
+            ["analysis", "overrouting", *common, "--sweep-grid", "0.3:0.7,0.9",
+             "--out", str(tmp / "overrouting"), "--cache-dir", str(tmp / "cache-o")], env),
+        "sweep": BackgroundRun(
+            ["analysis", "sweep", *common, "--grid", "0.2,0.3:0.7", "--out",
+             str(tmp / "sweep"), "--cache-dir", str(tmp / "cache-s")], env),
+    }
+    yield tmp, runs
+    for run in runs.values():
+        run.stop()

@@ -117,3 +117,23 @@ def test_concurrent_sessions_do_not_mix_their_traces(shared_model, small_tokeniz
         pd.testing.assert_frame_equal(result.frame, expected.frame, check_exact=True)
         assert result.probabilities == expected.probabilities
     assert shared_model.config.theta_s == 0.3 and shared_model.config.theta_d == 0.7
+
+
+@pytest.mark.parametrize("router", ["dasg", "switch", "topk", "da_moe", "mh_moe", "random",
+                                    "dense"])
+def test_a_training_step_on_a_padded_batch_has_finite_gradients(router):
+    """Masked keys give exact zeros in the attention probabilities; nothing downstream (the
+    evaluator's attention statistics included) may turn them into NaN gradients."""
+    torch.manual_seed(0)
+    cfg = DasgConfig(vocab_size=50, max_len=32, d_model=32, n_layers=2, n_heads=4,
+                     n_groups=2, window=8, n_shallow=4, n_deep=4, d_ff=32, d_ff_deep=16,
+                     router=router)
+    model = DasgMoEModel(cfg).train()
+    ids = torch.randint(5, 50, (3, 30))
+    mask = torch.ones_like(ids)
+    mask[0, 10:] = 0  # a whole group of padding
+    mask[1, 20:] = 0
+    model(ids, mask, labels=torch.tensor([0, 1, 1])).loss.backward()
+    bad = [n for n, p in model.named_parameters()
+           if p.grad is not None and not torch.isfinite(p.grad).all()]
+    assert not bad
