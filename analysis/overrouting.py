@@ -430,6 +430,12 @@ def write_report(report: Report, tokens: pd.DataFrame, examples: pd.DataFrame, *
                          f"{c.median():.3f}, {c.quantile(0.75):.3f}). For a relative definition, "
                          f"rerun with `--simple-below {c.quantile(0.25):.3f}` (the lowest "
                          "quarter of C counts as simple).")
+    by_kind = deep_rate_by(frame, "kind", simple_below=simple_below)
+    if totals["overrouted"]:  # which kinds of token take the over-routed decisions
+        shares = (by_kind.set_index("kind")["overrouted"] / totals["overrouted"]).sort_values(
+            ascending=False)
+        lines.append("Over-routed decisions by token kind: " + ", ".join(
+            f"{kind} {_pct(share)}" for kind, share in shares.items() if share > 0) + ".")
     by_group = correct.set_index("predictions")["overrouting_rate"]
     if has_tiers and totals["overrouted"] and not np.isnan(diff["difference"]):
         lines.append(
@@ -452,7 +458,6 @@ def write_report(report: Report, tokens: pd.DataFrame, examples: pd.DataFrame, *
                                                    "complexity C"), "deep-tier rate by C")
 
     report.section("Deep-tier rate by token kind")
-    by_kind = deep_rate_by(frame, "kind", simple_below=simple_below)
     report.table("by_kind", by_kind, "Tier decisions per token kind")
     if has_tiers:
         report.figure("by_kind", rate_figure(by_kind, "kind", "Deep-tier rate by token kind",

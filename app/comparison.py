@@ -184,7 +184,8 @@ def describe(results: Mapping[str, Inspection]) -> list[str]:
                          f"two tiered routers).")
         metric = "score" if table["score_a"].notna().any() and table["score_b"].notna().any() \
             else "importance"
-        gap = (table[f"{metric}_a"] - table[f"{metric}_b"]).abs()
+        ordinary = ~table["token"].isin(("[CLS]", "[SEP]"))  # specials soak up attention
+        gap = (table[f"{metric}_a"] - table[f"{metric}_b"]).abs().where(ordinary)
         if gap.notna().any():
             row = table.loc[gap.idxmax()]
             lines.append(f"Largest {metric} gap: “{row['token']}” in layer {row['layer']} "

@@ -190,11 +190,11 @@ def _core(sec: Section, N: int, quick: bool, threads: int) -> None:
     if N == 8192 or quick:
         sec.target(f"core vs dense SDPA, N={N}", core_x, 12.0, "higher", "x")
         sec.target(f"core + stats vs dense SDPA, N={N}", stats_x, 6.0, "higher", "x")
-    sec.profiles[f"grouped core + stats, N={N}"] = top_ops(lambda: grouped_stats(gq, gk, gv),
-                                                           calls=1 if N > 4096 else 3)
+    sec.profiles[f"grouped core + stats, N={N}"] = top_ops(
+        lambda: grouped_stats(gq, gk, gv), calls=1 if N > 4096 else 3, quick=quick)
     sec.profiles[f"grouped core, N={N}"] = top_ops(
         lambda: grouped_attention_core(gq, gk, gv, key_mask, None, False),
-        calls=1 if N > 4096 else 3)
+        calls=1 if N > 4096 else 3, quick=quick)
 
 
 def _layer(sec: Section, N: int, quick: bool, threads: int) -> None:
@@ -241,7 +241,8 @@ def _layer(sec: Section, N: int, quick: bool, threads: int) -> None:
     sec.target(f"GMHA layer vs MHA layer, N={N}: speed-up / analytic FLOP ratio "
                f"({flop_ratio:.2f})", measured / flop_ratio, 0.7, "higher", "x of FLOP ratio",
                note=f"measured speed-up {measured:.2f}x")
-    sec.profiles[f"GMHA layer, N={N}"] = top_ops(layer(gmha), calls=1 if N > 4096 else 3)
+    sec.profiles[f"GMHA layer, N={N}"] = top_ops(layer(gmha), calls=1 if N > 4096 else 3,
+                                                 quick=quick)
 
 
 def _memory(sec: Section, N: int) -> None:

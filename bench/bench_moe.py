@@ -197,9 +197,9 @@ def run(quick: bool, threads: int) -> Section:
             note += f"; mean K = {float((outs[name].expert_idx >= 0).sum(-1).float().mean()):.2f}"
         sec.target(f"{name} vs Mixtral MoE block (transformers)", ratio, 1.0, "lower", "x",
                    note=note)
-    sec.profiles["topk layer"] = top_ops(fns["topk"], n=10)
-    sec.profiles["dasg layer (shallow tier)"] = top_ops(fns["dasg"], n=10)
-    sec.profiles[best_peer] = top_ops(fns[best_peer], n=8)
+    sec.profiles["topk layer"] = top_ops(fns["topk"], n=10, quick=quick)
+    sec.profiles["dasg layer (shallow tier)"] = top_ops(fns["dasg"], n=10, quick=quick)
+    sec.profiles[best_peer] = top_ops(fns[best_peer], n=8, quick=quick)
     sec.notes.append(
         f"Dense FFN widths chosen for equal active FLOPs: {widths}. DASG runs with every token "
         "forced into the shallow tier (RoutingOverrides(force_tier='shallow')); it still runs "

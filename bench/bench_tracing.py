@@ -83,5 +83,5 @@ def run(quick: bool, threads: int) -> Section:
                    times["trace off"].median_s / base, 1.03, "lower", "x")
         sec.target(f"{label}: trace on / trace off",
                    times["trace on"].median_s / times["trace off"].median_s, 1.5, "lower", "x")
-        sec.profiles[f"{label}: trace on"] = top_ops(fns["trace on"], n=10)
+        sec.profiles[f"{label}: trace on"] = top_ops(fns["trace on"], n=10, quick=quick)
     return sec

@@ -181,8 +181,12 @@ def peak_memory_bytes(fn: Callable[[], Any]) -> int:
     return peak
 
 
-def top_ops(fn: Callable[[], Any], n: int = 8, calls: int = 3) -> list[dict[str, Any]]:
-    """Where the time goes: the `n` operators with the most self time over `calls` calls."""
+def top_ops(fn: Callable[[], Any], n: int = 8, calls: int = 3,
+            quick: bool = False) -> list[dict[str, Any]]:
+    """Where the time goes: the `n` operators with the most self time over `calls` calls
+    (empty in a --quick smoke run, where sizes are too small to say anything)."""
+    if quick:
+        return []
     from torch.profiler import ProfilerActivity, profile
     fn()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA]

@@ -8,6 +8,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from dasg_moe.checkpoint import read_config
+
 
 @pytest.fixture(scope="module")
 def runs(analysis_cli_runs):
@@ -19,7 +21,7 @@ def runs(analysis_cli_runs):
     return tmp, results
 
 
-def test_overrouting_report(runs):
+def test_overrouting_report(runs, tiny_checkpoint):
     tmp, results = runs
     code, out, err = results["overrouting"]
     assert code == 0, err
@@ -34,7 +36,9 @@ def test_overrouting_report(runs):
     by_kind = pd.read_csv(folder / "by_kind.csv")
     assert set(by_kind["kind"]) >= {"special", "stopword", "content"}
     assert by_kind["decisions"].sum() > 0
-    assert len(pd.read_csv(folder / "by_layer.csv")) == 2
+    cfg = read_config(tiny_checkpoint)
+    n_moe = sum(cfg.is_moe_layer(layer) for layer in range(cfg.n_layers))
+    assert len(pd.read_csv(folder / "by_layer.csv")) == n_moe
     assert set(pd.read_csv(folder / "by_frequency.csv")["frequency"]) >= {"unseen", ">=10k"}
     assert (folder / "by_kind.html").is_file() and (folder / "plotly.min.js").is_file()
     sweep = pd.read_csv(folder / "sweep.csv")

@@ -80,11 +80,13 @@ def live_rerouting() -> None:
     m1, m2, m3 = st.columns(3)
     m1.metric("Prediction", result.prediction, delta_color="off",
               delta=None if result.prediction == base.prediction else f"was {base.prediction}")
+    rate_change = 100 * (now["deep_tier_rate"] - was["deep_tier_rate"])
+    flops_change = now["flops_per_token"] / was["flops_per_token"] - 1
     m2.metric("Deep-tier rate", f"{now['deep_tier_rate']:.0%}", delta_color="off",
-              delta=f"{100 * (now['deep_tier_rate'] - was['deep_tier_rate']):+.0f} points vs "
-                    f"the checkpoint's θs/θd")
+              delta=f"{rate_change:+.0f} points vs the checkpoint's θs/θd"
+              if round(rate_change) else None)
     m3.metric("FFN FLOPs / token", traces.si(now["flops_per_token"]), delta_color="off",
-              delta=f"{now['flops_per_token'] / was['flops_per_token'] - 1:+.1%}")
+              delta=f"{flops_change:+.1%}" if round(flops_change, 3) else None)
     st.plotly_chart(figures.tier_map_figure(result.frame, result.trace.router,
                                             selectable=False),
                     config=PLOT_CONFIG, key="live_tier_map")
@@ -98,10 +100,8 @@ st.subheader("Sweep θs × θd on a labelled sample")
 task = cfg.task
 dataset, data_key = state.labelled_data(ckpt, "sweep")
 c1, c2 = st.columns(2)
-values_s = c1.multiselect("θs values", GRID_VALUES, default=[0.1, 0.2, 0.3, 0.4, 0.5],
-                          key="grid_s")
-values_d = c2.multiselect("θd values", GRID_VALUES, default=[0.5, 0.6, 0.7, 0.8, 0.9],
-                          key="grid_d")
+values_s = c1.multiselect("θs values", GRID_VALUES, default=[0.2, 0.3, 0.4], key="grid_s")
+values_d = c2.multiselect("θd values", GRID_VALUES, default=[0.6, 0.7, 0.8], key="grid_d")
 grid = []
 try:
     grid = sorted({*parse_grid(f"{','.join(map(str, values_s))}:"
