@@ -11,9 +11,25 @@
 5. evaluate on the validation split (`evaluate.py`) and write the checkpoint folder with its
    metrics and model card.
 
-Seeded and reproducible on one device. Under `torchrun --nproc_per_node N` every stage runs
-with DistributedDataParallel (gloo on CPU, NCCL on GPUs): each rank takes every N-th batch,
-gradients are averaged, and rank 0 evaluates and writes the checkpoint.
+Seeded and reproducible on one device, except that a tokenizer trained from scratch may
+number equally frequent pieces differently from one run to the next. Under
+`torchrun --nproc_per_node N` every stage runs with DistributedDataParallel (gloo on CPU,
+NCCL on GPUs, one per local rank):
+- rank 0 trains the tokenizer (when training from scratch) and sends it to the others;
+- each rank takes every N-th batch of the same shuffled order; the last (batches mod N)
+  batches of a pass are dropped, so every rank runs the same number of steps per pass;
+- DDP wraps a small module whose forward returns only what the stage's loss is built from
+  (`_MLMObjective`, `_TaskObjective`, `_PolicyObjective`): DDP waits for a gradient for
+  every trainable parameter reachable from the outputs, so an output outside the loss (the
+  model's trace statistics, say) would stall its gradient reduction. Frozen parameters (the
+  deep experts' layer 1; everything but the policy in stage 4) are not registered with DDP;
+- gradients are averaged, the REINFORCE baseline and the reported rewards are means over all
+  ranks, and tokens/s counts every rank's tokens;
+- rank 0 evaluates and writes the checkpoint; `--save-rank-weights DIR` makes every rank
+  also save its weights after each stage as DIR/rank<r>-<stage>.safetensors (stage =
+  pretrain, finetune, final), to check that the ranks stay identical. Each stage's DDP
+  starts by copying rank 0's weights to the others, so a rank that drifted in one stage
+  would be silently realigned by the next: only the per-stage files show it.
 """
 
 from __future__ import annotations
@@ -30,7 +46,9 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch import nn
+from safetensors.torch import save_file
+from tokenizers import Tokenizer
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
@@ -69,6 +87,7 @@ class TrainSettings:
     seed: int = 0
     device: str = "auto"
     progress: bool = True
+    rank_weights_dir: Path | None = None  # each rank's weights after each stage go here
 
 
 # ------------------------------------------------------------------------------------------
@@ -93,7 +112,7 @@ def parse_overrides(pairs: list[str]) -> dict:
             value = float(raw)
         elif isinstance(default, tuple):
             value = tuple(int(v) for v in raw.split(",") if v)
-        elif key == "d_ff_dense":
+        elif key in ("d_ff_dense", "d_ff_shared"):
             value = None if raw.lower() in ("", "none", "null") else int(raw)
         else:
             value = raw
@@ -101,19 +120,68 @@ def parse_overrides(pairs: list[str]) -> dict:
     return out
 
 
-def _distributed() -> tuple[int, int]:
-    """(rank, world size); initialises the process group under torchrun."""
+def _distributed(device: torch.device) -> tuple[int, int, torch.device]:
+    """(rank, world size, this process's device). Under torchrun (WORLD_SIZE > 1) this joins
+    the process group: NCCL when training on GPUs, each rank on the GPU of its LOCAL_RANK,
+    gloo on the CPU."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return (dist.get_rank(), world) if world > 1 else (0, 1)
+    if world == 1:
+        return 0, 1, device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), world, device
 
 
-def _shard(iterable, rank: int, world: int):
-    """Every `world`-th batch, starting at `rank` (the sampler sharding of DDP)."""
+def _steps_per_pass(n_examples: int, batch_size: int, world: int) -> int:
+    """Batches each rank runs in one pass over `n_examples` (see `_shard`)."""
+    per_rank = math.ceil(n_examples / batch_size) // world
+    if per_rank == 0:
+        raise ValueError(f"{n_examples} examples make fewer batches of {batch_size} than there "
+                         f"are processes ({world}); use more examples or a smaller batch size")
+    return per_rank
+
+
+def _shard(iterable, n_examples: int, batch_size: int, rank: int, world: int):
+    """This rank's batches of one pass: every `world`-th batch, starting at `rank` (the
+    sampler sharding of DDP; every rank draws the same shuffled order). The last
+    (batches mod world) batches are dropped, so that all ranks take the same number of steps
+    in each pass and move from one pass to the next together."""
+    kept = _steps_per_pass(n_examples, batch_size, world) * world
     for i, item in enumerate(iterable):
+        if i >= kept:
+            break
         if i % world == rank:
             yield item
+
+
+def _reduced(values: Tensor, world: int, op=dist.ReduceOp.SUM) -> Tensor:
+    """`values` reduced over all ranks (in place); unchanged with a single process."""
+    if world > 1:
+        dist.all_reduce(values, op=op)
+    return values
+
+
+def _broadcast_text(text: str | None, rank: int, device: torch.device) -> str:
+    """Rank 0's `text` (ignored elsewhere) on every rank, sent as bytes."""
+    data = text.encode() if rank == 0 else b""
+    size = torch.tensor([len(data)], dtype=torch.int64, device=device)
+    dist.broadcast(size, src=0)
+    buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8).to(device) if rank == 0 \
+        else torch.empty(int(size.item()), dtype=torch.uint8, device=device)
+    dist.broadcast(buffer, src=0)
+    return buffer.cpu().numpy().tobytes().decode()
+
+
+def save_rank_weights(model: nn.Module, folder: Path, rank: int, stage: str) -> Path:
+    """Save this rank's weights, unconverted, as folder/rank<rank>-<stage>.safetensors."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"rank{rank}-{stage}.safetensors"
+    save_file({name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()},
+              str(path), metadata={"format": "pt"})
+    return path
 
 
 # Parameters a BERT transfer does not provide: they start from scratch and may need a larger
@@ -142,16 +210,50 @@ def _schedule(opt: torch.optim.Optimizer, total: int) -> torch.optim.lr_schedule
         opt, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup))))
 
 
+# The three objectives below are what DDP wraps: each forward returns only what the stage's
+# loss is built from (see the module docstring for why the model itself is not wrapped).
+
 class _MLMObjective(nn.Module):
-    """Wraps `mlm_loss` as a forward so DDP can synchronise it."""
+    """Stage 1's loss, `mlm_loss`, as a forward."""
 
     def __init__(self, model: DasgMoEModel, overrides: RoutingOverrides) -> None:
         super().__init__()
         self.model, self.overrides = model, overrides
 
-    def forward(self, input_ids, attention_mask, token_type_ids, mlm_labels):
+    def forward(self, input_ids, attention_mask, token_type_ids, mlm_labels) -> Tensor:
         return self.model.mlm_loss(input_ids, attention_mask, token_type_ids, mlm_labels,
                                    overrides=self.overrides)
+
+
+class _TaskObjective(nn.Module):
+    """Stage 3's loss: task cross-entropy + weighted auxiliary losses (`ModelOutput.loss`)."""
+
+    def __init__(self, model: DasgMoEModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, token_type_ids, labels) -> Tensor:
+        return self.model(input_ids, attention_mask, token_type_ids, labels).loss
+
+
+class _PolicyObjective(nn.Module):
+    """Stage 4's pieces: the log-probability of the sampled in-band tier decisions [B]
+    (differentiable in the policy weights) and the reward [B] (no gradient),
+    p(gold label) - compute_weight x FFN FLOPs / FLOPs had every token gone deep."""
+
+    def __init__(self, model: DasgMoEModel, compute_weight: float) -> None:
+        super().__init__()
+        self.model, self.compute_weight = model, compute_weight
+        self.all_deep = model.flops_reference()["all_deep"]
+
+    def forward(self, input_ids, attention_mask, token_type_ids,
+                labels) -> tuple[Tensor, Tensor]:
+        out = self.model(input_ids, attention_mask, token_type_ids, sample_tiers=True)
+        with torch.no_grad():
+            p_gold = out.logits.float().softmax(-1).gather(1, labels.unsqueeze(1)).squeeze(1)
+            dense_cost = out.moe_tokens.clamp_min(1) * self.all_deep
+            reward = p_gold - self.compute_weight * out.flops / dense_cost  # [B]
+        return out.policy_log_prob, reward
 
 
 def mask_tokens(input_ids: torch.Tensor, special: torch.Tensor, mask_id: int, vocab_size: int,
@@ -184,11 +286,13 @@ def pretrain_mlm(model: DasgMoEModel, tokenizer, dataset, s: TrainSettings, devi
     ids = special_token_ids(tokenizer)
     force = "shallow" if model.config.has_tiers else None
     objective = _MLMObjective(model, RoutingOverrides(force_tier=force)).to(device)
+    # Unused here: the classifier, the deep tier, the policy; the frozen deep layer 1 (no
+    # requires_grad) is left out of DDP's reduction.
     runner = DistributedDataParallel(objective, find_unused_parameters=True) \
         if world > 1 else objective
     opt = _optimizer(model, s.mlm_lr)
     sched = _schedule(opt, s.pretrain_steps)
-    generator = torch.Generator().manual_seed(s.seed + 1)
+    generator = torch.Generator().manual_seed(s.seed + 1 + rank)  # own masks per rank
     special = torch.tensor(model.config.special_token_ids + (ids["pad"],))
     model.train()
     bar = tqdm(total=s.pretrain_steps, desc="1/4 pretrain (MLM, shallow tier)",
@@ -197,7 +301,7 @@ def pretrain_mlm(model: DasgMoEModel, tokenizer, dataset, s: TrainSettings, devi
     while step < s.pretrain_steps:
         for batch in _shard(batches(mlm_data, tokenizer, "sst2", s.batch_size,
                                     model.config.max_len, shuffle=True, seed=s.seed + epoch),
-                            rank, world):
+                            len(mlm_data), s.batch_size, rank, world):
             inputs, labels = mask_tokens(batch["input_ids"],
                                          torch.isin(batch["input_ids"], special),
                                          ids["mask"], model.config.vocab_size, generator)
@@ -230,11 +334,14 @@ def transfer_deep_experts(model: DasgMoEModel) -> int:
 
 def finetune(model: DasgMoEModel, tokenizer, dataset, s: TrainSettings, device, rank: int,
              world: int) -> float:
-    """Stage 3: supervised training on the task with ADR. Returns tokens/s."""
-    steps_per_epoch = math.ceil(len(dataset) / s.batch_size / world)
+    """Stage 3: supervised training on the task with ADR. Returns tokens/s, all ranks."""
+    steps_per_epoch = _steps_per_pass(len(dataset), s.batch_size, world)
     total = max(1, int(steps_per_epoch * s.epochs))
-    runner = DistributedDataParallel(model, find_unused_parameters=True) \
-        if world > 1 else model
+    objective = _TaskObjective(model)
+    # Unused here: the MLM head and the policy (its in-band choice is a threshold on p_deep,
+    # not differentiable), and the deep tier in a step where no token goes deep.
+    runner = DistributedDataParallel(objective, find_unused_parameters=True) \
+        if world > 1 else objective
     opt = _optimizer(model, s.lr, s.new_param_lr)
     sched = _schedule(opt, total)
     model.train()
@@ -244,12 +351,12 @@ def finetune(model: DasgMoEModel, tokenizer, dataset, s: TrainSettings, device, 
     while step < total:
         for batch in _shard(batches(dataset, tokenizer, s.task, s.batch_size,
                                     model.config.max_len, shuffle=True, seed=s.seed + epoch),
-                            rank, world):
+                            len(dataset), s.batch_size, rank, world):
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast(device):
-                out = runner(batch["input_ids"], batch["attention_mask"],
-                             batch["token_type_ids"], batch["labels"])
-            out.loss.backward()
+                loss = runner(batch["input_ids"], batch["attention_mask"],
+                              batch["token_type_ids"], batch["labels"])
+            loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
@@ -257,12 +364,15 @@ def finetune(model: DasgMoEModel, tokenizer, dataset, s: TrainSettings, device, 
             tokens += int(batch["attention_mask"].sum())
             step += 1
             bar.update()
-            bar.set_postfix(loss=f"{out.loss.item():.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}")
             if step >= total:
                 break
         epoch += 1
     bar.close()
-    return tokens * world / max(time.perf_counter() - start, 1e-9)
+    seconds = _reduced(torch.tensor([time.perf_counter() - start], dtype=torch.float64,
+                                    device=device), world, dist.ReduceOp.MAX)
+    tokens = _reduced(torch.tensor([tokens], dtype=torch.float64, device=device), world)
+    return tokens.item() / max(seconds.item(), 1e-9)
 
 
 def train_policy(model: DasgMoEModel, tokenizer, dataset, s: TrainSettings, device, rank: int,
@@ -277,11 +387,12 @@ def train_policy(model: DasgMoEModel, tokenizer, dataset, s: TrainSettings, devi
         p.requires_grad_(False)
     for p in policy_params:
         p.requires_grad_(True)
-    runner = DistributedDataParallel(model, find_unused_parameters=True) \
-        if world > 1 else model
+    objective = _PolicyObjective(model, s.rl_compute_weight)
+    # Only the policy weights require gradients, so only they are registered with DDP, and
+    # every forward uses all of them (log_prob covers every token, 0 outside the band).
+    runner = DistributedDataParallel(objective) if world > 1 else objective
     opt = torch.optim.Adam(policy_params, lr=s.rl_lr)
     model.eval()  # no dropout: the only randomness is the policy's
-    all_deep = model.flops_reference()["all_deep"]
     baseline, rewards = None, []
     bar = tqdm(total=s.rl_steps, desc="4/4 policy (REINFORCE)",
                disable=not s.progress or rank != 0)
@@ -289,23 +400,22 @@ def train_policy(model: DasgMoEModel, tokenizer, dataset, s: TrainSettings, devi
     while step < s.rl_steps:
         for batch in _shard(batches(dataset, tokenizer, s.task, s.batch_size,
                                     model.config.max_len, shuffle=True, seed=s.seed + 100 + epoch),
-                            rank, world):
+                            len(dataset), s.batch_size, rank, world):
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast(device):
-                out = runner(batch["input_ids"], batch["attention_mask"],
-                             batch["token_type_ids"], sample_tiers=True)
-            with torch.no_grad():
-                p_gold = out.logits.float().softmax(-1).gather(
-                    1, batch["labels"].unsqueeze(1)).squeeze(1)
-                dense_cost = out.moe_tokens.clamp_min(1) * all_deep
-                reward = p_gold - s.rl_compute_weight * out.flops / dense_cost  # [B]
-                baseline = reward.mean() if baseline is None else \
-                    0.9 * baseline + 0.1 * reward.mean()
-            loss = -((reward - baseline) * out.policy_log_prob).mean()
+                log_prob, reward = runner(batch["input_ids"], batch["attention_mask"],
+                                          batch["token_type_ids"], batch["labels"])
+            # Mean reward over every rank's examples: the same baseline on all ranks.
+            total = _reduced(torch.stack([reward.sum(), torch.tensor(float(reward.numel()),
+                                                                     device=device)]), world)
+            mean_reward = total[0] / total[1]
+            baseline = mean_reward if baseline is None else \
+                0.9 * baseline + 0.1 * mean_reward
+            loss = -((reward - baseline) * log_prob).mean()
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-            rewards.append(float(reward.mean()))
+            rewards.append(float(mean_reward))
             step += 1
             bar.update()
             bar.set_postfix(reward=f"{rewards[-1]:.3f}")
@@ -323,13 +433,16 @@ def train_policy(model: DasgMoEModel, tokenizer, dataset, s: TrainSettings, devi
 # the command
 # ------------------------------------------------------------------------------------------
 
-def build_model(s: TrainSettings, train_texts: list[str]):
+def build_model(s: TrainSettings, train_texts: list[str], tokenizer: Tokenizer | None = None):
+    """(model, tokenizer): transferred from `s.from_pretrained`, else a fresh model with
+    `tokenizer`, or one trained on `train_texts` when none is given."""
     spec = get_task(s.task)
     task_fields = dict(task=spec.name, num_labels=spec.num_labels,
                        id2label=dict(enumerate(spec.label_names)), router=s.router)
     if s.from_pretrained:
         return from_bert(s.from_pretrained, **{**task_fields, **s.config_overrides})
-    tokenizer = train_tokenizer(train_texts, vocab_size=s.vocab_size)
+    if tokenizer is None:
+        tokenizer = train_tokenizer(train_texts, vocab_size=s.vocab_size)
     ids = special_token_ids(tokenizer)
     cfg = DasgConfig(**{"vocab_size": tokenizer.get_vocab_size(), "pad_token_id": ids["pad"],
                         "special_token_ids": (ids["cls"], ids["sep"]), **task_fields,
@@ -338,28 +451,52 @@ def build_model(s: TrainSettings, train_texts: list[str]):
 
 
 def run(s: TrainSettings, command: str = "") -> Path:
-    """Train, evaluate and save; returns the checkpoint folder."""
-    rank, world = _distributed()
+    """Train, evaluate and save; returns the checkpoint folder (written by rank 0 only)."""
+    rank, world, device = _distributed(resolve_device(s.device))
+    try:
+        return _run(s, command, rank, world, device)
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+
+
+def _run(s: TrainSettings, command: str, rank: int, world: int, device: torch.device) -> Path:
+    """The stages in order, on this rank; then rank 0 evaluates and saves."""
     torch.manual_seed(s.seed)
-    device = resolve_device(s.device)
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     spec = get_task(s.task)
     train = load_glue(s.task, "train", s.data_dir)
     if s.max_train_examples:
         train = train.shuffle(seed=s.seed).select(range(min(s.max_train_examples, len(train))))
     texts = [t for col in spec.text_columns for t in train[col]]
     started = time.perf_counter()
-    model, tokenizer = build_model(s, texts)
+    tokenizer = None
+    if world > 1 and not s.from_pretrained:
+        # WordPiece training is not reproducible from one process to the next (equally
+        # frequent pieces come out in varying order), so rank 0 trains the tokenizer and
+        # sends it to the others: the token ids must mean the same on every rank.
+        trained = train_tokenizer(texts, vocab_size=s.vocab_size).to_str() if rank == 0 \
+            else None
+        tokenizer = Tokenizer.from_str(_broadcast_text(trained, rank, device))
+    model, tokenizer = build_model(s, texts, tokenizer)
     model.to(device)
+    if world > 1:
+        # Same initial weights on every rank (seeded above; DDP also broadcasts rank 0's),
+        # then each rank its own dropout masks and policy samples.
+        torch.manual_seed(s.seed + rank)
+
+    def snapshot(stage: str) -> None:
+        if s.rank_weights_dir is not None:
+            save_rank_weights(model, s.rank_weights_dir, rank, stage)
+
     if not s.from_pretrained:
         pretrain_mlm(model, tokenizer, train, s, device, rank, world)
+        snapshot("pretrain")
     n_transferred = transfer_deep_experts(model)
     tokens_per_s = finetune(model, tokenizer, train, s, device, rank, world)
+    snapshot("finetune")
     rl = train_policy(model, tokenizer, train, s, device, rank, world)
+    snapshot("final")
     train_seconds = time.perf_counter() - started
-    if world > 1:
-        dist.barrier()
     if rank != 0:
         return s.out
     model.eval()
@@ -372,11 +509,8 @@ def run(s: TrainSettings, command: str = "") -> Path:
         "hardware": _hardware(device, world), "torch": torch.__version__,
         "seed": s.seed, "train_examples": len(train), "deep_layers_transferred": n_transferred,
         **rl}
-    path = save_checkpoint(model, tokenizer, s.out, metrics=metrics,
+    return save_checkpoint(model, tokenizer, s.out, metrics=metrics,
                            card=model_card(model.config, metrics, s.out.name))
-    if world > 1:
-        dist.destroy_process_group()
-    return path
 
 
 def _hardware(device: torch.device, world: int) -> str:
@@ -416,6 +550,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{name}", type=kind, default=default, help=text)
     parser.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--save-rank-weights", type=Path, metavar="DIR",
+                        help="every process also saves its weights after each stage as "
+                             "DIR/rank<r>-<stage>.safetensors (pretrain, finetune, final): "
+                             "under torchrun, to check that the ranks stay identical")
     args = parser.parse_args(argv)
     try:
         pretrained = args.from_pretrained
@@ -434,14 +572,15 @@ def main(argv: list[str] | None = None) -> int:
             new_param_lr=args.new_param_lr, rl_lr=args.rl_lr,
             rl_compute_weight=args.rl_compute_weight,
             max_train_examples=args.max_train_examples, seed=args.seed, device=args.device,
-            progress=not args.no_progress)
+            progress=not args.no_progress, rank_weights_dir=args.save_rank_weights)
         command = "python -m dasg_moe.train " + shlex.join(sys.argv[1:] if argv is None
                                                            else argv)
         path = run(settings, command)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"checkpoint written to {path}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"checkpoint written to {path}")
     return 0
 
 
