@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -81,13 +81,29 @@ def threshold_tag(theta_s: float, theta_d: float) -> str:
     return f"ts{theta_s:.3f}-td{theta_d:.3f}"
 
 
+def _fsync(path: str) -> None:
+    """Flush a written file to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: Path, write) -> None:
-    """Write through a temporary file beside `path`, then rename it over `path`."""
+    """Write through a temporary file beside `path`, then rename it over `path`.
+
+    `write(tmp)` fills the temporary file; a reader sees the old file or the new one, never
+    a part. The temporary file is created with the permissions `open()` would give `path`
+    (0o666 less the umask), not `mkstemp`'s 0o600, so reports stay readable by others."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = str(path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    mode = os.stat(tmp).st_mode  # writers that recreate the file (safetensors) lose it
     try:
         write(tmp)
+        os.chmod(tmp, mode)
+        _fsync(tmp)  # the bytes reach the disk before the name does (power loss)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

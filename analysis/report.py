@@ -7,6 +7,10 @@
   <figure>.html      each Plotly figure (interactive; plotly.min.js is written once beside them)
 ```
 
+Every file is written to a temporary name in the folder and renamed into place
+(`cache.atomic_write`), so an interrupted or failed `write()` never leaves a half-written
+file, and a report written before stays whole.
+
 `Report` collects sections in order and writes everything on `write()`. Numbers are
 formatted for reading (3 decimals, thousands separators for large values, "n/a" for NaN);
 the CSV files keep full precision.
@@ -21,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.offline import get_plotlyjs
 
 from .cache import atomic_write
 
@@ -61,6 +66,14 @@ def markdown_table(frame: pd.DataFrame, max_rows: int | None = None,
     lines += ["| " + " | ".join(cell(v) for v in row) + " |"
               for row in shown.itertuples(index=False, name=None)]
     return "\n".join(lines)
+
+
+def _write_plotly_bundle(path: Path) -> None:
+    """plotly.js beside the figures, unless the same bundle is already there (a file of
+    another size, from another plotly version or a copy cut short, is replaced)."""
+    script = get_plotlyjs().encode("utf-8")
+    if not path.is_file() or path.stat().st_size != len(script):
+        atomic_write(path, lambda tmp: Path(tmp).write_bytes(script))
 
 
 class Report:
@@ -116,8 +129,13 @@ class Report:
             atomic_write(self.out_dir / f"{name}.csv",
                          lambda tmp, f=frame: f.to_csv(tmp, index=False))
         for name, fig in self._figures.items():
-            # "directory": one shared plotly.min.js beside the pages, readable offline.
-            fig.write_html(self.out_dir / f"{name}.html", include_plotlyjs="directory")
+            # "directory": the page loads plotly.min.js from beside it (written once below),
+            # so the figures open offline.
+            html = fig.to_html(include_plotlyjs="directory")
+            atomic_write(self.out_dir / f"{name}.html",
+                         lambda tmp, h=html: Path(tmp).write_text(h, encoding="utf-8"))
+        if self._figures:
+            _write_plotly_bundle(self.out_dir / "plotly.min.js")
         path = self.out_dir / "report.md"
         text = "\n".join(self._parts)
         atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

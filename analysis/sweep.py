@@ -128,13 +128,12 @@ def sweep_thresholds(model: DasgMoEModel, tokenizer: Tokenizer, task: str, datas
     for theta_s, theta_d in tqdm(pairs, desc=f"sweep {task}", unit="pair",
                                  disable=not progress or len(pairs) == 1):
         file = folder / f"{threshold_tag(theta_s, theta_d)}.parquet" if folder else None
-        if file is not None and file.is_file():
-            frame = read_parquet(file)
-        elif precomputed and (theta_s, theta_d) in precomputed:
+        frame = _read_cached(file)  # a resumed sweep skips the pairs already measured
+        if frame is None and precomputed and (theta_s, theta_d) in precomputed:
             frame = precomputed[(theta_s, theta_d)]
             if file is not None:
                 write_parquet(frame, file)
-        else:
+        elif frame is None:
             frame = predict_routing(model, tokenizer, task, dataset,
                                     overrides=RoutingOverrides(theta_s, theta_d),
                                     simple_below=simple_below, batch_size=batch_size,
@@ -147,6 +146,19 @@ def sweep_thresholds(model: DasgMoEModel, tokenizer: Tokenizer, task: str, datas
         table["theta_s"], table["theta_d"], strict=True)]
     table["pareto"] = pareto_front(table, primary_metric(task))
     return table
+
+
+def _read_cached(file: Path | None) -> pd.DataFrame | None:
+    """A pair's cached per-example frame, or None when there is none. Files are written
+    atomically (`cache.write_parquet`), so an interrupted sweep leaves whole files only; one
+    that still cannot be read (damaged or truncated by a copy) is measured again and
+    replaced rather than failing the whole sweep."""
+    if file is None or not file.is_file():
+        return None
+    try:
+        return read_parquet(file)
+    except (OSError, ValueError):  # pyarrow's ArrowInvalid is a ValueError
+        return None
 
 
 def pareto_front(frame: pd.DataFrame, maximise: str,

@@ -17,6 +17,7 @@ import shutil
 import stat
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 import datasets
@@ -31,15 +32,25 @@ CHECKPOINT_DIR_ENV = "DASG_CHECKPOINT_DIR"
 # The files a checkpoint folder may hold (DESIGN.md §4); anything else in a zip is skipped.
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json", "metrics.json",
                     "README.md")
+REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 MAX_ZIP_BYTES = 200 * 2**20  # the upload itself (matches server.maxUploadSize)
 MAX_UNZIPPED_BYTES = 400 * 2**20  # all extracted files together (zip-bomb guard)
 MAX_ZIP_ENTRIES = 64
+# What zip tools write by default; others (AES, deflate64, ...) are refused up front.
+ZIP_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate"}
+# A dataset upload is a labelled sample, not a corpus: a sweep runs every row once per pair.
 MAX_TABLE_BYTES = 20 * 2**20
 MAX_TABLE_ROWS = 20_000
 
 
 class InputError(ValueError):
     """Input the app cannot use; the message says why and what to do."""
+
+
+def _megabytes(n_bytes: int) -> str:
+    """`n_bytes` in MB with one decimal, rounded up, so a size just over a limit never
+    reads as equal to it (20 MB + 1 byte is "20.1 MB")."""
+    return f"{math.ceil(n_bytes / 2**20 * 10) / 10:.1f} MB"
 
 
 # ---------------------------------------------------------------------------------------
@@ -105,29 +116,53 @@ def fingerprint(path: Path) -> str:
 
 def _safe_member(name: str) -> PurePosixPath:
     """The member's path inside the archive, or InputError for anything that could escape
-    the extraction folder (absolute paths, `..`, drive letters, backslashes)."""
-    if "\\" in name or ":" in name or "\x00" in name:
-        raise InputError(f"Refused zip entry {name!r}: unusual characters in its path.")
+    the extraction folder or mean something else on another system."""
+    refused = f"Refused zip entry {name!r}:"
+    if "\x00" in name:
+        raise InputError(f"{refused} its name contains a NUL character.")
+    if "\\" in name:
+        raise InputError(f"{refused} backslashes are not allowed in zip paths (on Windows "
+                         f"they are folder separators and can point outside the archive).")
+    if ":" in name:
+        raise InputError(f"{refused} drive letters and colons are not allowed in zip paths.")
     path = PurePosixPath(name)
-    if path.is_absolute() or ".." in path.parts:
-        raise InputError(f"Refused zip entry {name!r}: it points outside the archive "
-                         f"(path traversal).")
+    if path.is_absolute():
+        raise InputError(f"{refused} absolute paths are not allowed (path traversal).")
+    if ".." in path.parts:
+        raise InputError(f"{refused} '..' points outside the archive (path traversal).")
     return path
+
+
+def _check_readable(info: zipfile.ZipInfo) -> None:
+    """InputError for a checkpoint file this extractor cannot read without a password or an
+    unsupported codec, said before anything is written."""
+    if info.flag_bits & 0x1:
+        raise InputError(f"Refused zip entry {info.filename!r}: it is encrypted. Upload a zip "
+                         f"without a password.")
+    if info.compress_type not in ZIP_METHODS:
+        raise InputError(f"Refused zip entry {info.filename!r}: compression method "
+                         f"{info.compress_type} is not supported; use "
+                         f"{' or '.join(ZIP_METHODS.values())}, as a plain .zip does.")
 
 
 def extract_checkpoint_zip(data: bytes, dest_root: Path | None = None) -> Path:
     """Check an uploaded checkpoint .zip and extract its checkpoint files; return the folder.
 
-    Accepted layouts: the files at the top of the archive, or inside one folder. Only the
-    files of DESIGN.md §4 are extracted; pickle weights are refused with the reason. The
-    destination is named by the archive's hash, so the same upload is extracted once.
+    Accepted layouts: the files at the top of the archive, or inside one folder. Every entry
+    is checked (no path traversal, no symbolic links, at most MAX_ZIP_ENTRIES); only the
+    files of DESIGN.md §4 are extracted, flat, by their base name; pickle weights are refused
+    with the reason. Sizes are checked twice: the declared sizes before anything is written,
+    and the bytes actually decompressed while writing (headers may lie). The destination is
+    named by the archive's hash, so the same upload is extracted once; files are unpacked in
+    a staging folder renamed into place, so a failed upload leaves nothing behind.
     """
     if len(data) > MAX_ZIP_BYTES:
-        raise InputError(f"The zip is {len(data) / 2**20:.0f} MB; the limit is "
-                         f"{MAX_ZIP_BYTES // 2**20} MB.")
+        raise InputError(f"The zip is {_megabytes(len(data))}; the limit is "
+                         f"{MAX_ZIP_BYTES // 2**20} MB. Zip only the checkpoint files "
+                         f"({', '.join(REQUIRED_FILES)}).")
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile:
+    except (zipfile.BadZipFile, NotImplementedError, EOFError, OSError, ValueError):
         raise InputError("The upload is not a readable .zip archive.") from None
     with archive:
         infos = archive.infolist()
@@ -144,20 +179,30 @@ def extract_checkpoint_zip(data: bytes, dest_root: Path | None = None) -> Path:
             if not info.is_dir():
                 files[path] = info
         configs = [p for p in files if p.name == "config.json"]
-        if len(configs) != 1:
-            raise InputError("The zip must hold exactly one checkpoint folder (one "
-                              f"config.json); found {len(configs)}.")
+        if not configs:
+            raise InputError(f"The zip holds no config.json. Zip one checkpoint folder "
+                             f"({', '.join(REQUIRED_FILES)}).")
+        if len(configs) > 1:
+            raise InputError(f"The zip holds {len(configs)} config.json files "
+                             f"({', '.join(sorted(str(p) for p in configs))}); it must hold "
+                             f"exactly one checkpoint folder.")
         folder = configs[0].parent
         inside = {p.name: info for p, info in files.items() if p.parent == folder}
         pickles = sorted(n for n in inside if n.endswith(PICKLE_SUFFIXES))
         if pickles and "model.safetensors" not in inside:
             raise InputError(f"The zip holds {', '.join(pickles)} but no model.safetensors. "
                              f"Pickle weights are refused: unpickling can run arbitrary code.")
+        missing = [n for n in REQUIRED_FILES if n not in inside]
+        if missing:
+            raise InputError(f"The checkpoint folder in the zip lacks {', '.join(missing)}; "
+                             f"a checkpoint needs {', '.join(REQUIRED_FILES)}.")
         wanted = [inside[n] for n in CHECKPOINT_FILES if n in inside]
+        for info in wanted:
+            _check_readable(info)
         total = sum(info.file_size for info in wanted)
         if total > MAX_UNZIPPED_BYTES:
-            raise InputError(f"The checkpoint files unpack to {total / 2**20:.0f} MB; the "
-                             f"limit is {MAX_UNZIPPED_BYTES // 2**20} MB.")
+            raise InputError(f"The checkpoint files unpack to {_megabytes(total)}; the limit "
+                             f"is {MAX_UNZIPPED_BYTES // 2**20} MB.")
         digest = hashlib.sha256(data).hexdigest()[:16]
         root = dest_root or Path(tempfile.gettempdir()) / "dasg-moe-uploads"
         dest = root / digest
@@ -176,9 +221,18 @@ def extract_checkpoint_zip(data: bytes, dest_root: Path | None = None) -> Path:
                             raise InputError(f"The checkpoint files unpack to more than "
                                              f"{MAX_UNZIPPED_BYTES // 2**20} MB.")
                         out.write(chunk)
-            os.replace(staging, dest)
-        except zipfile.BadZipFile as err:
-            raise InputError(f"The zip is corrupt: {err}") from None
+            try:
+                os.replace(staging, dest)
+            except OSError:
+                # Another session extracted the same upload meanwhile: use its folder.
+                if not dest.is_dir():
+                    raise
+        except InputError:
+            raise
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError,
+                ValueError) as err:  # ValueError: bad offsets, undecodable names
+            detail = str(err) or type(err).__name__
+            raise InputError(f"The zip is corrupt: {detail}") from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return dest
@@ -198,30 +252,41 @@ def read_table_upload(data: bytes, file_name: str, task: str,
     InputError naming what is wrong: size, format, missing columns, empty cells, bad labels.
     """
     spec = get_task(task)
-    if len(data) > MAX_TABLE_BYTES:
-        raise InputError(f"The file is {len(data) / 2**20:.1f} MB; the limit is "
-                         f"{MAX_TABLE_BYTES // 2**20} MB.")
     suffix = Path(file_name).suffix.lower()
     if suffix not in (".csv", ".tsv", ".txt"):
         raise InputError(f"Upload a .csv or .tsv file (got {file_name!r}).")
-    sep = "," if suffix == ".csv" else "\t"
+    if len(data) > MAX_TABLE_BYTES:
+        raise InputError(f"{file_name!r} is {_megabytes(len(data))}; the limit is "
+                         f"{MAX_TABLE_BYTES // 2**20} MB. Upload a sample of at most "
+                         f"{MAX_TABLE_ROWS:,} rows.")
+    if not data.strip():
+        raise InputError(f"{file_name!r} is empty. It needs a header row "
+                         f"({', '.join([*spec.text_columns, 'label'])}) and at least one "
+                         f"example.")
+    sep, kind = ("," if suffix == ".csv" else "\t"), ("CSV" if suffix == ".csv" else "TSV")
     try:
         frame = pd.read_csv(io.BytesIO(data), sep=sep, dtype=str, keep_default_na=False,
                             nrows=MAX_TABLE_ROWS + 1, encoding="utf-8")
     except UnicodeDecodeError:
-        raise InputError("The file is not UTF-8 text.") from None
+        raise InputError(f"{file_name!r} is not UTF-8 text. Save it as UTF-8 (in a "
+                         f"spreadsheet: \"CSV UTF-8\") and upload it again.") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as err:
-        raise InputError(f"Could not parse {file_name!r} as {'CSV' if sep == ',' else 'TSV'}: "
-                         f"{err}") from None
+        raise InputError(f"Could not parse {file_name!r} as {kind}: "
+                         f"{str(err).strip()}") from None
     frame.columns = [str(c).strip() for c in frame.columns]
     needed = [*spec.text_columns, "label"]
     missing = [c for c in needed if c not in frame.columns]
     if missing:
+        hint = ""
+        if len(frame.columns) == 1 and ("\t" if sep == "," else ",") in frame.columns[0]:
+            hint = (" The header looks tab-separated: name the file .tsv." if sep == ","
+                    else " The header looks comma-separated: name the file .csv.")
         raise InputError(f"{file_name!r} lacks column(s) {', '.join(missing)}. Task "
                          f"{spec.name} needs {', '.join(needed)}; the file has "
-                         f"{', '.join(frame.columns) or 'no columns'}.")
+                         f"{', '.join(frame.columns) or 'no columns'}.{hint}")
     if len(frame) > MAX_TABLE_ROWS:
-        raise InputError(f"The file has more than {MAX_TABLE_ROWS} rows; upload a sample.")
+        raise InputError(f"{file_name!r} has more than {MAX_TABLE_ROWS:,} rows; upload a "
+                         f"sample of at most {MAX_TABLE_ROWS:,}.")
     if frame.empty:
         raise InputError(f"{file_name!r} has no rows.")
     frame = frame[needed].copy()

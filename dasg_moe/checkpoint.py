@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,13 +52,27 @@ class Checkpoint:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
+def _fsync(path: str) -> None:
+    """Flush a written file to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _write_atomic(path: Path, write) -> None:
     """Write through a temporary file in the same folder, then rename over `path`, so a
-    crash never leaves a half-written file behind."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
+    crash never leaves a half-written file behind. The temporary file gets the permissions
+    `open()` would give (0o666 less the umask), not `mkstemp`'s owner-only 0o600, so a
+    saved checkpoint is readable by whoever may read its folder."""
+    tmp = str(path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    mode = os.stat(tmp).st_mode  # writers that recreate the file (safetensors) lose it
     try:
         write(tmp)
+        os.chmod(tmp, mode)
+        _fsync(tmp)  # the bytes reach the disk before the name does (power loss)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
