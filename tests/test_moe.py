@@ -66,6 +66,27 @@ def test_top1_moe_with_one_expert_equals_a_dense_ffn_forward_and_gradients():
     assert moe.router.gate.weight.grad.abs().max() == 0  # softmax over one expert is flat
 
 
+@pytest.mark.parametrize("router", ["switch", "topk", "da_moe", "dasg"])
+def test_shared_expert_adds_its_own_ffn_and_flops_to_every_token(router):
+    """A layer with a shared expert = the same layer without it + a dense FFN of width
+    d_ff_shared, on the output and on the FLOPs of every token."""
+    torch.manual_seed(0)
+    cfg = tiny(router=router, shared_expert=True, d_ff_shared=48)
+    plain_cfg = dataclasses.replace(cfg, shared_expert=False)
+    layer_type = {"switch": TopKMoE, "topk": TopKMoE, "da_moe": DAMoE, "dasg": DASGMoE}[router]
+    args = {"switch": (1,), "topk": (2,), "da_moe": (), "dasg": (1,)}[router]
+    with_shared, plain = layer_type(cfg, *args), layer_type(plain_cfg, *args)
+    plain.load_state_dict({k: v for k, v in with_shared.state_dict().items()
+                           if not k.startswith("shared.")})
+    dense = DenseFFN(dataclasses.replace(cfg, router="dense", d_ff_dense=48))
+    copy_experts(dense.experts, with_shared.shared)
+    inp = moe_input(torch.randn(T, D))
+    out, ref, ffn = with_shared.eval()(inp), plain.eval()(inp), dense(inp)
+    torch.testing.assert_close(out.out, ref.out + ffn.out)
+    torch.testing.assert_close(out.flops, ref.flops + 4 * D * 48)
+    assert torch.equal(out.expert_idx, ref.expert_idx)
+
+
 def test_mh_moe_with_one_head_and_identity_split_merge_equals_top2():
     torch.manual_seed(0)
     cfg = tiny(router="mh_moe", mh_heads=1)
