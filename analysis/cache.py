@@ -22,11 +22,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pandas as pd
+
+from dasg_moe.checkpoint import atomic_write
 
 CACHE_ENV = "DASG_ANALYSIS_CACHE"
 DEFAULT_CACHE = Path(".cache") / "analysis"
@@ -79,35 +80,6 @@ def dataset_fingerprint(dataset, columns: Sequence[str]) -> str:
 def threshold_tag(theta_s: float, theta_d: float) -> str:
     """File-name form of a threshold pair, e.g. `ts0.300-td0.700`."""
     return f"ts{theta_s:.3f}-td{theta_d:.3f}"
-
-
-def _fsync(path: str) -> None:
-    """Flush a written file to the disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, write) -> None:
-    """Write through a temporary file beside `path`, then rename it over `path`.
-
-    `write(tmp)` fills the temporary file; a reader sees the old file or the new one, never
-    a part. The temporary file is created with the permissions `open()` would give `path`
-    (0o666 less the umask), not `mkstemp`'s 0o600, so reports stay readable by others."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = str(path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-    mode = os.stat(tmp).st_mode  # writers that recreate the file (safetensors) lose it
-    try:
-        write(tmp)
-        os.chmod(tmp, mode)
-        _fsync(tmp)  # the bytes reach the disk before the name does (power loss)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def write_parquet(frame: pd.DataFrame, path: str | Path) -> None:

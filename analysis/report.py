@@ -8,8 +8,8 @@
 ```
 
 Every file is written to a temporary name in the folder and renamed into place
-(`cache.atomic_write`), so an interrupted or failed `write()` never leaves a half-written
-file, and a report written before stays whole.
+(`dasg_moe.checkpoint.atomic_write`), so an interrupted or failed `write()` never leaves a
+half-written file, and a report written before stays whole.
 
 `Report` collects sections in order and writes everything on `write()`. Numbers are
 formatted for reading (3 decimals, thousands separators for large values, "n/a" for NaN);
@@ -27,7 +27,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
-from .cache import atomic_write
+from dasg_moe.checkpoint import atomic_write
 
 
 def format_value(value) -> str:

@@ -61,11 +61,14 @@ def _fsync(path: str) -> None:
         os.close(fd)
 
 
-def _write_atomic(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename over `path`, so a
-    crash never leaves a half-written file behind. The temporary file gets the permissions
-    `open()` would give (0o666 less the umask), not `mkstemp`'s owner-only 0o600, so a
-    saved checkpoint is readable by whoever may read its folder."""
+def atomic_write(path: Path, write) -> None:
+    """Write through a temporary file beside `path`, then rename it over `path`.
+
+    `write(tmp)` fills the temporary file; a reader sees the old file or the new one, never
+    a part, and a crash never leaves a half-written file behind. The temporary file gets the
+    permissions `open()` would give `path` (0o666 less the umask), not `mkstemp`'s owner-only
+    0o600, so checkpoints and reports stay readable by whoever may read their folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = str(path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
     os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     mode = os.stat(tmp).st_mode  # writers that recreate the file (safetensors) lose it
@@ -90,16 +93,16 @@ def save_checkpoint(model: DasgMoEModel, tokenizer: Tokenizer, path: str | Path,
               "torch_dtype": FLOAT_DTYPES[dtype], **config}
     tensors = {name: t.detach().to("cpu", dtype).contiguous()
                for name, t in model.state_dict().items()}
-    _write_atomic(path / "config.json",
+    atomic_write(path / "config.json",
                   lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n"))
-    _write_atomic(path / "model.safetensors",
+    atomic_write(path / "model.safetensors",
                   lambda p: save_file(tensors, p, metadata={"format": "pt"}))
-    _write_atomic(path / "tokenizer.json", lambda p: tokenizer.save(p))
+    atomic_write(path / "tokenizer.json", lambda p: tokenizer.save(p))
     if metrics is not None:
-        _write_atomic(path / "metrics.json",
+        atomic_write(path / "metrics.json",
                       lambda p: Path(p).write_text(json.dumps(metrics, indent=2) + "\n"))
     if card is not None:
-        _write_atomic(path / "README.md", lambda p: Path(p).write_text(card))
+        atomic_write(path / "README.md", lambda p: Path(p).write_text(card))
     return path
 
 
