@@ -22,9 +22,9 @@ from .checkpoint import read_config
 # Flagships: pre-training transfer from all-MiniLM-L6-v2 (DESIGN.md §4). The layout flags
 # spell out `transfer.bert_config`'s defaults: the shared expert holds the pretrained FFN,
 # the routed experts start from 192-unit chunks of it (see transfer.py).
-_MINILM = ["--from-pretrained", "minilm", "--lr", "5e-5", "--new-param-lr", "1e-3",
-           "--batch-size", "32", "--rl-steps", "60", "--set", "shared_expert=true",
-           "--set", "d_ff_shared=1536", "--set", "d_ff=192", "--set", "d_ff_deep=48"]
+_MINILM = ["--from-pretrained", "minilm", "--lr", "5e-5", "--batch-size", "32",
+           "--rl-steps", "60", "--set", "shared_expert=true", "--set", "d_ff_shared=1536",
+           "--set", "d_ff=192", "--set", "d_ff_deep=48"]
 # Small from-scratch models for baselines and ablations: same size and budget for all.
 _SMALL = ["--set", "d_model=64", "--set", "n_layers=2", "--set", "n_heads=4",
           "--set", "d_ff=128", "--set", "d_ff_deep=32", "--vocab-size", "4096",

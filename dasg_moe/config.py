@@ -18,6 +18,7 @@ from typing import Any, Literal, get_args
 RouterKind = Literal["dasg", "switch", "topk", "da_moe", "mh_moe", "random", "dense"]
 AttentionKind = Literal["gmha", "mha"]
 NormPosition = Literal["pre", "post"]
+Pooling = Literal["cls", "mean"]
 
 FORMAT_VERSION = 1
 
@@ -42,6 +43,7 @@ class DasgConfig:
     dropout: float = 0.1
     layer_norm_eps: float = 1e-12
     norm_position: NormPosition = "pre"  # "post" reproduces BERT blocks for weight transfer
+    pooling: Pooling = "cls"  # classification head reads [CLS], or the mean of real tokens
     # attention (GMHA, DESIGN.md §2.1)
     attention: AttentionKind = "gmha"
     n_groups: int = 16  # G for a full-length input; group length is ceil(max_len / G)
@@ -115,7 +117,7 @@ class DasgConfig:
                     or not math.isfinite(value)):
                 raise ValueError(f"config field {name!r} must be a finite number, got {value!r}")
         choices = {"router": RouterKind, "attention": AttentionKind,
-                   "norm_position": NormPosition}
+                   "norm_position": NormPosition, "pooling": Pooling}
         for name, kind in choices.items():
             if getattr(self, name) not in get_args(kind):
                 raise ValueError(f"config field {name!r} is {getattr(self, name)!r}; "

@@ -125,6 +125,14 @@ class DasgMoEModel(nn.Module):
         self.mlm_bias = nn.Parameter(torch.zeros(cfg.vocab_size))  # decoder = word embeddings
         self.dropout = nn.Dropout(cfg.dropout)
 
+    def _summary(self, hidden: Tensor, mask: Tensor) -> Tensor:
+        """What the classification head reads: the first token ([CLS]), or the mean of the
+        real tokens (`pooling="mean"`, how sentence-embedding encoders were trained)."""
+        if self.config.pooling == "cls":
+            return hidden[:, 0]  # [B, D]
+        weights = mask.unsqueeze(-1).to(hidden.dtype)  # [B, L, 1]
+        return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)  # [B, D]
+
     def _needs_importance(self) -> bool:
         return self.config.router in ("dasg", "random", "da_moe")
 
@@ -165,7 +173,7 @@ class DasgMoEModel(nn.Module):
         hidden, layers, mask, special = self.encode(
             input_ids, attention_mask, token_type_ids, trace=trace, overrides=overrides,
             sample_tiers=sample_tiers)
-        pooled = torch.tanh(self.pooler(hidden[:, 0]))  # [B, D] first token ([CLS])
+        pooled = torch.tanh(self.pooler(self._summary(hidden, mask)))  # [B, D]
         logits = self.classifier(self.dropout(pooled)).float()  # [B, num_labels]
         aux = self._aux_losses(layers)
         loss = None

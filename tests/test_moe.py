@@ -287,3 +287,18 @@ def test_random_router_is_deterministic_in_eval_mode():
         assert torch.equal(ra.tier, rb.tier) and torch.equal(ra.expert_idx, rb.expert_idx)
     tiers = torch.cat([r.tier[r.token_mask] for r in a.trace.records])
     assert set(tiers.tolist()) == {0, 1}  # a coin, not a constant
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_the_head_reads_cls_or_the_mean_of_real_tokens_and_ignores_padding(pooling):
+    torch.manual_seed(0)
+    model = DasgMoEModel(tiny(router="dense", attention="mha", pooling=pooling)).eval()
+    ids = torch.randint(5, 100, (1, 6))
+    padded = torch.cat([ids, torch.zeros(1, 3, dtype=torch.long)], dim=1)
+    mask = torch.cat([torch.ones(1, 6), torch.zeros(1, 3)], dim=1).long()
+    with torch.no_grad():
+        hidden, *_ = model.encode(ids)
+        summary = hidden[:, 0] if pooling == "cls" else hidden.mean(1)
+        expected = model.classifier(torch.tanh(model.pooler(summary)))
+        torch.testing.assert_close(model(ids).logits, expected)
+        torch.testing.assert_close(model(padded, mask).logits, expected, atol=1e-5, rtol=1e-5)
