@@ -31,7 +31,11 @@ _SMALL = ["--set", "d_model=64", "--set", "n_layers=2", "--set", "n_heads=4",
           "--pretrain-steps", "300", "--epochs", "3", "--rl-steps", "60", "--lr", "1e-3"]
 
 RECIPES: dict[str, list[str]] = {
-    "mrpc-dasg-minilm": ["--task", "mrpc", "--router", "dasg", "--epochs", "3", *_MINILM],
+    # MRPC: mean pooling (how the sentence encoder was trained) and lr 1e-4 beat [CLS] at
+    # 5e-5 (0.809 / 0.870 against 0.779 / 0.853 accuracy / F1 on validation).
+    "mrpc-dasg-minilm": ["--task", "mrpc", "--router", "dasg", "--epochs", "3",
+                         "--from-pretrained", "minilm", "--lr", "1e-4", *_MINILM[4:],
+                         "--set", "pooling=mean"],
     "sst2-dasg-minilm": ["--task", "sst2", "--router", "dasg", "--epochs", "1", *_MINILM],
     "mrpc-switch-minilm": ["--task", "mrpc", "--router", "switch", "--epochs", "3",
                            "--set", "n_shallow=8", *_MINILM],
