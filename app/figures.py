@@ -6,17 +6,23 @@ the tests call them directly and the pages only place them. Conventions shared b
 figure:
 
 - tokens sit on a numeric axis at their position, with the token text as tick labels, so a
-  repeated word keeps its own column;
-- hover shows the token text and the exact numbers;
+  repeated word keeps its own column (the attention maps use the unique categories
+  "position: token" instead, so their hover needs no text per cell);
+- hover shows the token text and the numbers (heatmap cells rounded to 6 decimals). On an
+  axis with tick labels Plotly's `%{x}` is the label, not the number, so hover writes the
+  token as `%{x}` and takes the position from `customdata`;
 - `highlight` (a token position) draws a band over that token in every token-axis figure,
   which is how a token picked in one plot is shown in the others;
 - tier colours: shallow blue, deep orange, no tier grey, everywhere.
 
-Speed: the Inspect page draws about ten figures per new sentence and has a 1 s budget on two
-CPU cores. Plotly's validating object model (`fig.add_hline`, `update_layout`) costs tens of
-milliseconds per call there, so the specs are written as plain dicts of Python lists and
-wrapped without re-validation (`_figure`). The tests validate every figure once through
-`plotly.graph_objects.Figure(fig.to_dict())`, so a wrong property still fails loudly.
+Speed: a new sentence on the Inspect page redraws its routing figure and the one detail
+view open, if any, within a 1 s budget on two CPU cores. Plotly's validating object model
+(`fig.add_hline`, `update_layout`) costs tens of milliseconds per call there, so the specs
+are written as plain dicts of Python lists, put together as dicts, and wrapped once
+without re-validation (`_wrap`). What a figure sends is kept small, since the browser
+parses all of it: per-point hover data holds only what differs between points. The tests
+validate every figure once through `plotly.graph_objects.Figure(fig.to_dict())`, so a
+wrong property still fails loudly.
 
 Shape legend: L tokens, S sub-tokens, E experts, G groups, M tokens per group.
 """
@@ -82,8 +88,14 @@ def _fmt(value, spec: str = ".3f") -> str:
         return str(value)
 
 
-def _figure(data: list[dict], layout: dict, title: str, height: int) -> go.Figure:
-    """Wrap a spec as a Figure without re-validating it (see the module docstring)."""
+def _rounded(values, decimals: int = 6) -> list:
+    """`_list` of numbers rounded to `decimals`, for heatmap cells: hover shows four, and
+    a float32 value printed in full takes about 19 characters of JSON instead of 8."""
+    return _list(np.round(np.asarray(values, dtype=float), decimals))
+
+
+def _spec(data: list[dict], layout: dict, title: str, height: int) -> dict:
+    """A figure as a plain dict, with the title, margins and legend every figure shares."""
     # The title sits at the very top, the legend just above the plot area, so a legend
     # that wraps to two rows grows into the top margin instead of over the title.
     base = {"title": {"text": title, "x": 0.0, "xanchor": "left", "font": {"size": 15},
@@ -91,7 +103,18 @@ def _figure(data: list[dict], layout: dict, title: str, height: int) -> go.Figur
             "height": height, "margin": {"l": 70, "r": 30, "t": 70, "b": 70},
             "legend": {"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "right",
                        "x": 1.0}}
-    return go.Figure({"data": data, "layout": {**base, **layout}}, _validate=False)
+    return {"data": data, "layout": {**base, **layout}}
+
+
+def _wrap(spec: dict) -> go.Figure:
+    """A spec as a Figure without re-validating it (see the module docstring). Building a
+    Figure walks all its data, so figures made of parts are put together as dicts and
+    wrapped once."""
+    return go.Figure(spec, _validate=False)
+
+
+def _figure(data: list[dict], layout: dict, title: str, height: int) -> go.Figure:
+    return _wrap(_spec(data, layout, title, height))
 
 
 def _token_axis(positions: Sequence[int], tokens: Sequence[str], title: str = "token",
@@ -164,8 +187,14 @@ def tier_map_figure(frame: pd.DataFrame, router: str, *, highlight: int | None =
     Tiered routers (dasg, random) are coloured by tier; the others by the first expert
     picked. Decisions whose margin is below `eps` (near ties) get a red outline. A scatter
     with square markers rather than a heatmap, so Streamlit can report a clicked token
-    (`customdata[0]` is the token position).
+    (the point's x is the token position).
     """
+    return _wrap(_tier_map_spec(frame, router, highlight=highlight, eps=eps,
+                                selectable=selectable))
+
+
+def _tier_map_spec(frame: pd.DataFrame, router: str, *, highlight: int | None, eps: float,
+                   selectable: bool) -> dict:
     tiers = router in ("dasg", "random")
     first = _first_layer(frame)
     positions, tokens = first["position"].tolist(), first["token"].tolist()
@@ -174,21 +203,24 @@ def tier_map_figure(frame: pd.DataFrame, router: str, *, highlight: int | None =
     near = (frame["tier_margin" if tiers else "expert_margin"] < eps).to_numpy()
     category = np.where(frame["moe"], frame["tier"] if tiers else frame["experts"].map(
         lambda e: f"expert {e[0]}" if e else "none"), DENSE).astype(object)
-    custom = list(zip(
-        frame["position"].tolist(), frame["token"].map(escape), frame["tier"],
-        frame["score"].map(_fmt), frame["importance"].map(_fmt),
-        frame["complexity"].map(_fmt), frame["experts"].map(lambda e: ", ".join(map(str, e))),
-        frame["gate_weights"].map(lambda g: ", ".join(f"{w:.3f}" for w in g)),
-        frame["tier_margin"].map(_fmt), frame["expert_margin"].map(_fmt),
-        frame["theta_s"].map(lambda v: f"{v:.2f}"), frame["theta_d"].map(lambda v: f"{v:.2f}"),
-        strict=True))
-    custom = np.array(custom, dtype=object)
-    hover = ("<b>%{customdata[1]}</b> · position %{x} · layer %{y}<br>"
-             "tier: %{customdata[2]}<br>"
-             "score %{customdata[3]} (θs %{customdata[10]}, θd %{customdata[11]})<br>"
-             "importance %{customdata[4]} · complexity %{customdata[5]}<br>"
-             "experts [%{customdata[6]}] · gates [%{customdata[7]}]<br>"
-             "tier margin %{customdata[8]} · expert margin %{customdata[9]}<extra></extra>")
+    # Hover text is most of what this figure sends, so each point carries only what varies
+    # between points. The tier is the same for every point of a trace, and the thresholds
+    # are the call's: both are written into the trace's template instead.
+    numbers = [[_fmt(v) for v in frame[key].tolist()]
+               for key in ("score", "importance", "complexity")]
+    margins = [[_fmt(v) for v in frame[key].tolist()] for key in ("tier_margin", "expert_margin")]
+    columns = [frame["position"].tolist(), *numbers,
+               [", ".join(map(str, e)) for e in frame["experts"].tolist()],
+               [", ".join(f"{w:.3f}" for w in g) for g in frame["gate_weights"].tolist()],
+               *margins]
+    thresholds = frame[["theta_s", "theta_d"]].drop_duplicates()
+    if len(thresholds) == 1:
+        theta = "θs {:.2f}, θd {:.2f}".format(*thresholds.iloc[0])
+    else:  # thresholds that differ between layers: one value per point
+        columns += [[f"{v:.2f}" for v in frame[key].tolist()] for key in ("theta_s", "theta_d")]
+        theta = "θs %{customdata[8]}, θd %{customdata[9]}"
+    custom = [list(point) for point in zip(*columns, strict=True)]
+    position, layer = frame["position"].to_numpy(), frame["layer"].to_numpy()
     present = set(category.tolist()) - {DENSE}
     names = [n for n in ("shallow", "deep", "none") if n in present] if tiers else \
         sorted(present, key=lambda c: (len(c), c))
@@ -198,10 +230,17 @@ def tier_map_figure(frame: pd.DataFrame, router: str, *, highlight: int | None =
         rows = category == name
         colour = TIER_COLOURS[name] if tiers or name == DENSE else \
             EXPERT_PALETTE[i % len(EXPERT_PALETTE)]
+        tier = name if tiers and name != DENSE else "none"
+        hover = ("<b>%{x}</b> · position %{customdata[0]} · %{y}<br>"
+                 f"tier: {tier}<br>score %{{customdata[1]}} ({theta})<br>"
+                 "importance %{customdata[2]} · complexity %{customdata[3]}<br>"
+                 "experts [%{customdata[4]}] · gates [%{customdata[5]}]<br>"
+                 "tier margin %{customdata[6]} · expert margin %{customdata[7]}"
+                 "<extra></extra>")
         data.append({
             "type": "scatter", "mode": "markers", "name": name,
-            "x": _list(frame["position"].to_numpy()[rows]),
-            "y": _list(frame["layer"].to_numpy()[rows]), "customdata": _list(custom[rows]),
+            "x": position[rows].tolist(), "y": layer[rows].tolist(),
+            "customdata": [custom[j] for j in np.flatnonzero(rows)],
             "hovertemplate": hover,
             "marker": {"symbol": "square", "size": size, "color": colour,
                        "line": {"width": _list(np.where(near[rows], 3.0, 0.5)),
@@ -217,19 +256,23 @@ def tier_map_figure(frame: pd.DataFrame, router: str, *, highlight: int | None =
     what = "tier per token and layer" if tiers else \
         f"first expert per token and layer ({router}: no tiers)"
     hint = " — click a square to pick a token" if selectable else ""
-    return _figure(data, layout, f"Routing: {what}{hint}", 180 + 34 * n_layers)
+    return _spec(data, layout, f"Routing: {what}{hint}", 180 + 34 * n_layers)
 
 
 def scores_figure(rows: pd.DataFrame, layer: int, *, highlight: int | None = None) -> go.Figure:
     """One layer: the routing score as bars coloured by tier, importance and complexity as
     lines, theta_s and theta_d as dashed lines. Routers without an evaluator show
     attention importance only."""
+    return _wrap(_scores_spec(rows, layer, highlight=highlight))
+
+
+def _scores_spec(rows: pd.DataFrame, layer: int, *, highlight: int | None) -> dict:
     positions, tokens = rows["position"].tolist(), rows["token"].tolist()
     custom = _list(np.array(list(zip(
-        rows["token"].map(escape), rows["tier"], rows["score"].map(_fmt),
+        positions, rows["tier"], rows["score"].map(_fmt),
         rows["importance"].map(_fmt), rows["complexity"].map(_fmt), rows["p_deep"].map(_fmt),
         rows["in_band"].map(lambda b: "yes" if b else "no"), strict=True)), dtype=object))
-    hover = ("<b>%{customdata[0]}</b> · position %{x}<br>score %{customdata[2]} → "
+    hover = ("<b>%{x}</b> · position %{customdata[0]}<br>score %{customdata[2]} → "
              "%{customdata[1]}<br>importance %{customdata[3]} · complexity %{customdata[4]}"
              "<br>P(deep) %{customdata[5]} · decided by the policy: %{customdata[6]}"
              "<extra></extra>")
@@ -241,10 +284,12 @@ def scores_figure(rows: pd.DataFrame, layer: int, *, highlight: int | None = Non
                  "opacity": 0.85, "customdata": custom, "hovertemplate": hover}]
         for name, dash, colour in (("importance", "solid", "#54A24B"),
                                    ("complexity", "dot", "#B279A2")):
+            # The bar's hover already has every number; a line's shows its own.
             data.append({"type": "scatter", "name": name, "mode": "lines+markers",
                          "x": positions, "y": _list(rows[name]),
-                         "line": {"dash": dash, "color": colour}, "customdata": custom,
-                         "hovertemplate": hover})
+                         "line": {"dash": dash, "color": colour}, "customdata": positions,
+                         "hovertemplate": "<b>%{x}</b> · position %{customdata}<br>"
+                                          + name + " %{y:.3f}<extra></extra>"})
         for column, label in (("theta_s", "θs"), ("theta_d", "θd")):
             value = float(rows[column].iloc[0])
             shape, note = _hline(value, f"{label} = {value:.2f}")
@@ -263,7 +308,7 @@ def scores_figure(rows: pd.DataFrame, layer: int, *, highlight: int | None = Non
               "yaxis": {"range": [0, 1.05], "title": {"text": "value in [0, 1]"}},
               "shapes": shapes, "annotations": notes, "bargap": 0.15,
               "clickmode": "event+select"}
-    return _figure(data, layout, title, 380)
+    return _spec(data, layout, title, 380)
 
 
 def _move_to(items: list[dict], yaxis: str) -> list[dict]:
@@ -277,11 +322,10 @@ def _move_to(items: list[dict], yaxis: str) -> list[dict]:
     return out
 
 
-def stack_figures(top: go.Figure, bottom: go.Figure, title: str) -> go.Figure:
-    """Two one-panel figures that share the token axis, one above the other, with a single
+def _stack(t: dict, b: dict, title: str) -> dict:
+    """Two one-panel specs that share the token axis, one above the other, with a single
     set of token labels (under the bottom panel). Each panel keeps its traces, its y axis,
     its shapes and annotations; heights add up."""
-    t, b = top.to_dict(), bottom.to_dict()
     h_top, h_bottom = t["layout"]["height"] - 110, b["layout"]["height"] - 110
     split = h_bottom / (h_top + h_bottom)
     data = [{**trace, "xaxis": "x", "yaxis": "y2"} for trace in t["data"]]
@@ -295,7 +339,7 @@ def stack_figures(top: go.Figure, bottom: go.Figure, title: str) -> go.Figure:
               + b["layout"].get("annotations", []),
               "clickmode": "event+select", "bargap": b["layout"].get("bargap", 0.15),
               "margin": {"l": 70, "r": 30, "t": 105, "b": 70}}
-    return _figure(data, layout, title, h_top + h_bottom + 165)
+    return _spec(data, layout, title, h_top + h_bottom + 165)
 
 
 def routing_figure(frame: pd.DataFrame, layer: int, router: str, *,
@@ -306,11 +350,42 @@ def routing_figure(frame: pd.DataFrame, layer: int, router: str, *,
     rows = frame[frame["layer"] == layer].sort_values("position")
     tiers = router in ("dasg", "random")
     what = "tier" if tiers else "first expert"
-    return stack_figures(
-        tier_map_figure(frame, router, highlight=highlight, eps=eps),
-        scores_figure(rows, layer, highlight=highlight),
+    return _wrap(_without_automargin(_stack(
+        _tier_map_spec(frame, router, highlight=highlight, eps=eps, selectable=True),
+        _scores_spec(rows, layer, highlight=highlight),
         f"Routing: {what} per token and layer (top), layer {layer}'s scores (bottom) — click "
-        f"a token to pick it")
+        f"a token to pick it")))
+
+
+def _without_automargin(spec: dict) -> dict:
+    """`spec` with Plotly's automargin off on every axis, its margins sized here instead.
+
+    Streamlit's theme turns automargin on: Plotly then measures the drawn tick labels and
+    titles and draws the whole figure a second time. Timed in Chromium on two busy cores,
+    old and new specs interleaved, that second pass was close to half the drawing time of
+    the routing figure (68 against 123 ms for a 30-token sentence), the one figure every new
+    sentence redraws. The room is estimated from the longest tick label at a generous 0.6 em
+    per character, plus the axis title and the standoff Streamlit gives it.
+    """
+    layout = spec["layout"]
+    bottom = left = 0.0
+    for key, axis in layout.items():
+        if not key.startswith(("xaxis", "yaxis")):
+            continue
+        axis["automargin"] = False
+        size = axis.get("tickfont", {}).get("size", 12)
+        labels = axis.get("ticktext") or ["0.00"]  # numeric ticks: short numbers
+        width = max(len(html.unescape(str(t))) for t in labels) * 0.6 * size
+        title = 50 if axis.get("title", {}).get("text") else 10
+        if key.startswith("x"):
+            angle = math.radians(abs(axis.get("tickangle", 0)))
+            bottom = max(bottom, width * math.sin(angle) + size * math.cos(angle) + title)
+        else:
+            left = max(left, width + title)
+    margin = layout["margin"]
+    layout["margin"] = {**margin, "b": max(margin["b"], math.ceil(bottom) + 10),
+                        "l": max(margin["l"], math.ceil(left) + 10)}
+    return spec
 
 
 def overview_figure(frame: pd.DataFrame, metric: str = "score", *,
@@ -319,11 +394,11 @@ def overview_figure(frame: pd.DataFrame, metric: str = "score", *,
     token heatmap."""
     table = frame.pivot(index="layer", columns="position", values=metric)
     tokens = _first_layer(frame)["token"].tolist()
-    token_text = [[escape(t) for t in tokens]] * len(table.index)
-    data = [{"type": "heatmap", "z": _list(table.to_numpy()), "x": list(table.columns),
+    data = [{"type": "heatmap", "z": _rounded(table.to_numpy()), "x": list(table.columns),
              "y": list(table.index), "zmin": 0, "zmax": 1, "colorscale": "Viridis",
-             "colorbar": {"title": {"text": metric}}, "customdata": token_text,
-             "hovertemplate": "<b>%{customdata}</b> · position %{x} · layer %{y}<br>"
+             "colorbar": {"title": {"text": metric}},
+             "customdata": [list(table.columns)] * len(table.index),
+             "hovertemplate": "<b>%{x}</b> · position %{customdata} · %{y}<br>"
                               + metric + " %{z:.3f}<extra></extra>"}]
     layout = {"xaxis": _token_axis(list(table.columns), tokens),
               "yaxis": _layer_axis(len(table.index)), "shapes": _band(highlight)}
@@ -349,15 +424,14 @@ def expert_figure(grid: Mapping[str, np.ndarray], tokens: Sequence[str],
     labels = list(expert_labels[:E]) if len(expert_labels) >= E else [f"E{e}" for e in range(E)]
     row_names = [f"{lab} · sub-token {s}" if S > 1 else lab for s in range(S) for lab in labels]
     z = gate.reshape(S * E, L)
-    token_text = [escape(t) for t in tokens[:L]]
-    flat_probs = probs.reshape(S * E, L)
-    custom = [[[token_text[j], float(flat_probs[i, j]), int(k[j])] for j in range(L)]
+    flat_probs = np.round(probs.reshape(S * E, L).astype(float), 6)
+    custom = [[[j, float(flat_probs[i, j]), int(k[j])] for j in range(L)]
               for i in range(S * E)]
-    data = [{"type": "heatmap", "z": _list(z), "x": list(range(L)), "y": row_names,
+    data = [{"type": "heatmap", "z": _rounded(z), "x": list(range(L)), "y": row_names,
              "zmin": 0, "zmax": 1, "colorscale": GATE_SCALE,
              "colorbar": {"title": {"text": "gate"}},
              "xgap": 1, "ygap": 1, "customdata": custom,
-             "hovertemplate": "<b>%{customdata[0]}</b> · position %{x}<br>%{y}: gate %{z:.3f}"
+             "hovertemplate": "<b>%{x}</b> · position %{customdata[0]}<br>%{y}: gate %{z:.3f}"
                               "<br>router probability %{customdata[1]:.3f}<br>experts for "
                               "this token: %{customdata[2]}<extra></extra>"}]
     if L <= 40:
@@ -383,19 +457,20 @@ def attention_figure(matrix: np.ndarray, tokens: Sequence[str], start: int, *, l
     (|i - j| <= window // 2) is drawn as dashed diagonals; cells outside it get no
     attention."""
     n = matrix.shape[0]
-    positions = list(range(start, start + n))
     token_text = [escape(t) for t in tokens[:n]]
-    custom = [[[token_text[j], token_text[i]] for j in range(n)] for i in range(n)]
-    data = [{"type": "heatmap", "z": _list(matrix), "x": positions, "y": positions, "zmin": 0,
+    # Category axes named "position: token": unique (a repeated word keeps its own row and
+    # column), and hover shows them as they are, so no cell carries token text (2 n² strings,
+    # most of this figure's size for a long group). Shapes on a category axis are placed
+    # by the category's index: the group's token i sits at i.
+    names = [f"{start + i}: {t}" for i, t in enumerate(token_text)]
+    data = [{"type": "heatmap", "z": _rounded(matrix), "x": names, "y": names, "zmin": 0,
              "colorscale": ATTENTION_SCALE, "colorbar": {"title": {"text": "attention"}},
-             "customdata": custom,
-             "hovertemplate": "query <b>%{customdata[1]}</b> (%{y}) → key "
-                              "<b>%{customdata[0]}</b> (%{x})<br>attention %{z:.4f}"
+             "hovertemplate": "query <b>%{y}</b> → key <b>%{x}</b><br>attention %{z:.4f}"
                               "<extra></extra>"}]
     shapes = []
     half = None if window is None else window // 2
+    lo, hi = -0.5, n - 0.5
     if half is not None and half < n - 1:
-        lo, hi = start - 0.5, start + n - 0.5
         for d in (half + 0.5, -(half + 0.5)):  # the band edges x = y + d, clipped to the map
             y0, y1 = max(lo, lo - d), min(hi, hi - d)
             shapes.append({"type": "line", "xref": "x", "yref": "y", "x0": y0 + d, "y0": y0,
@@ -405,13 +480,16 @@ def attention_figure(matrix: np.ndarray, tokens: Sequence[str], start: int, *, l
     else:
         window_text = "the window covers the whole group"
     if highlight is not None and start <= highlight < start + n:
-        for x0, x1, y0, y1 in ((highlight - 0.5, highlight + 0.5, start - 0.5, start + n - 0.5),
-                               (start - 0.5, start + n - 0.5, highlight - 0.5, highlight + 0.5)):
+        i = highlight - start
+        for x0, x1, y0, y1 in ((i - 0.5, i + 0.5, lo, hi), (lo, hi, i - 0.5, i + 0.5)):
             shapes.append({"type": "rect", "xref": "x", "yref": "y", "x0": x0, "x1": x1,
                            "y0": y0, "y1": y1, "line": {"color": "#FFC800", "width": 2}})
-    layout = {"xaxis": _token_axis(positions, tokens[:n], title="key token"),
-              "yaxis": {"tickmode": "array", "tickvals": positions, "ticktext": token_text,
-                        "autorange": "reversed", "title": {"text": "query token"}},
+    axis = {"type": "category", "tickmode": "array", "tickvals": names,
+            "ticktext": token_text, "showgrid": False}
+    layout = {"xaxis": {**axis, "title": {"text": "key token"}, "range": [lo, hi],
+                        "tickangle": -60 if n > 12 else 0,
+                        "tickfont": {"size": 11 if n <= 40 else 9}},
+              "yaxis": {**axis, "autorange": "reversed", "title": {"text": "query token"}},
               "shapes": shapes, "showlegend": False}
     head_text = "mean over heads" if head is None else f"head {head}"
     return _figure(data, layout, f"Layer {layer}, group {group}, {head_text}: {window_text}",
@@ -422,7 +500,7 @@ def summary_attention_figure(matrix: np.ndarray, labels: Sequence[str], *, layer
                              head: int | None) -> go.Figure:
     """Group summaries attending to each other (the long-range path of GMHA)."""
     names = [escape(x) for x in labels[:matrix.shape[0]]]
-    data = [{"type": "heatmap", "z": _list(matrix), "x": names, "y": names, "zmin": 0,
+    data = [{"type": "heatmap", "z": _rounded(matrix), "x": names, "y": names, "zmin": 0,
              "colorscale": SUMMARY_SCALE, "colorbar": {"title": {"text": "attention"}},
              "hovertemplate": "from %{y}<br>to %{x}<br>attention %{z:.4f}<extra></extra>"}]
     layout = {"yaxis": {"autorange": "reversed", "title": {"text": "query group"}},
@@ -502,8 +580,8 @@ def fragility_figure(rows: pd.DataFrame, layer: int, *, eps: float,
                      "xaxis": f"x{suffix}", "yaxis": f"y{suffix}",
                      "marker": {"color": _list(np.where(values < eps, NEAR_TIE_COLOUR,
                                                         "#9D9D9D"))},
-                     "customdata": [escape(t) for t in tokens],
-                     "hovertemplate": "<b>%{customdata}</b> · position %{x}<br>"
+                     "customdata": positions,
+                     "hovertemplate": "<b>%{x}</b> · position %{customdata}<br>"
                                       + titles[kind] + " = %{y:.4f}<extra></extra>"})
         shape, note = _hline(eps, f"ε = {eps}", NEAR_TIE_COLOUR, xref=f"x{suffix} domain",
                              yref=f"y{suffix}", dash="dot", align="right")
@@ -540,12 +618,11 @@ def agreement_figure(table: pd.DataFrame, name_a: str, name_b: str, *,
             continue
         data.append({"type": "scatter", "mode": "markers", "name": kind,
                      "x": rows["position"].tolist(), "y": rows["layer"].tolist(),
-                     "customdata": [[p, escape(t), a, b] for p, t, a, b in zip(
-                         rows["position"], rows["token"], rows["value_a"], rows["value_b"],
-                         strict=True)],
-                     "hovertemplate": "<b>%{customdata[1]}</b> · position %{x} · layer %{y}"
-                                      "<br>" + escape(name_a) + ": %{customdata[2]}<br>"
-                                      + escape(name_b) + ": %{customdata[3]}<extra></extra>",
+                     "customdata": [[p, a, b] for p, a, b in zip(
+                         rows["position"], rows["value_a"], rows["value_b"], strict=True)],
+                     "hovertemplate": "<b>%{x}</b> · position %{customdata[0]} · %{y}"
+                                      "<br>" + escape(name_a) + ": %{customdata[1]}<br>"
+                                      + escape(name_b) + ": %{customdata[2]}<extra></extra>",
                      "marker": {"symbol": "square", "size": size,
                                 "color": AGREEMENT_COLOURS[kind]}})
     layout = {"xaxis": _token_axis(positions, tokens), "yaxis": _layer_axis(n_layers),

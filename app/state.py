@@ -45,6 +45,8 @@ DEFAULT_TEXT = "The company said its quarterly profit rose sharply on strong sal
 DEFAULT_PAIR = "Quarterly profit climbed steeply on strong sales, the firm said."
 URL_TEXT_LIMIT = 1500  # characters of each text kept in the shareable URL
 TORCH_THREADS_ENV = "DASG_TORCH_THREADS"
+SERVER_PATHS_ENV = "DASG_ALLOW_SERVER_PATHS"
+SERVER_PATHS_OFF = "Loading a checkpoint from a folder path is turned off on this server"
 
 
 @dataclass(frozen=True)
@@ -203,8 +205,11 @@ def init_session() -> None:
                       f"{inputs.checkpoint_root()}; showing another one.")
         name = None
     ss.checkpoint = name or _default_checkpoint(names) or OWN
-    ss.own_mode = OWN_PATH
+    ss.own_mode = own_modes()[0]
     ss.own_path = params.get("ckpt_path", "")
+    if ss.own_path and not server_paths_allowed():
+        errors.append(f"The link names a checkpoint folder on the server; {SERVER_PATHS_OFF}.")
+        ss.own_path = ""
     if ss.own_path:
         ss.checkpoint = OWN
     ss.device = params.get("device", "auto")
@@ -240,7 +245,7 @@ def write_url(**extra) -> None:
     ss = st.session_state
     params = {}
     if ss.checkpoint == OWN:
-        if ss.own_mode == OWN_PATH and ss.own_path:
+        if ss.own_mode == OWN_PATH and ss.own_path and server_paths_allowed():
             params["ckpt_path"] = ss.own_path
     else:
         params["ckpt"] = ss.checkpoint
@@ -255,6 +260,19 @@ def write_url(**extra) -> None:
     params.update({k: str(v) for k, v in extra.items() if v is not None})
     if dict(st.query_params) != params:
         st.query_params.from_dict(params)
+
+
+def server_paths_allowed() -> bool:
+    """Whether users may load a checkpoint from a folder path of the server. On by default;
+    a shared server sets $DASG_ALLOW_SERVER_PATHS=0 (or false / no / off), which leaves the
+    listed checkpoints and .zip uploads (read into a temporary folder) as the only sources."""
+    value = os.environ.get(SERVER_PATHS_ENV, "1").strip().lower()
+    return value not in ("0", "false", "no", "off")
+
+
+def own_modes() -> list[str]:
+    """The ways to load your own checkpoint that this server offers."""
+    return [OWN_PATH, OWN_ZIP] if server_paths_allowed() else [OWN_ZIP]
 
 
 def devices() -> list[str]:
@@ -282,8 +300,12 @@ def sidebar() -> None:
         if not names:
             st.caption(f"No checkpoints found in `{inputs.checkpoint_root()}`.")
         if st.session_state.checkpoint == OWN:
-            st.radio("Source", [OWN_PATH, OWN_ZIP], key=bind("own_mode"), on_change=sync,
-                     args=("own_mode",))
+            modes = own_modes()
+            if st.session_state.own_mode not in modes:
+                st.session_state.own_mode = modes[0]
+            if len(modes) > 1:
+                st.radio("Source", modes, key=bind("own_mode"), on_change=sync,
+                         args=("own_mode",))
             if st.session_state.own_mode == OWN_PATH:
                 st.text_input("Checkpoint folder", key=bind("own_path"), on_change=sync,
                               args=("own_path",),
@@ -309,6 +331,8 @@ def selected(name: str | None = None) -> Selected:
         path = inputs.checkpoint_root() / name
         return Selected(name, path, device, inputs.fingerprint(path))
     if ss.own_mode == OWN_PATH:
+        if not server_paths_allowed():  # also refused here, whatever the session holds
+            raise inputs.InputError(f"{SERVER_PATHS_OFF}; upload the folder as a .zip.")
         raw = (ss.own_path or "").strip()
         if not raw:
             raise inputs.InputError("Enter the path of a checkpoint folder in the sidebar, or "

@@ -25,7 +25,7 @@ from urllib.parse import quote
 import pandas as pd
 
 from app.launch import CHROMIUM_ARGS, IDLE_JS, REPO_ROOT, running_app, wait_for_tokens
-from dasg_moe.tokenizer import encode, load_tokenizer
+from dasg_moe.tokenizer import configured_tokenizer, encode, load_tokenizer
 
 GLUE = REPO_ROOT.parent / "shared" / "data" / "glue"
 
@@ -39,7 +39,9 @@ def measure(folder: Path, n: int, log: Path) -> dict:
     from playwright.sync_api import sync_playwright
 
     pairs = pd.read_parquet(GLUE / "mrpc" / "validation.parquet").head(n + 1)
-    tokenizer = load_tokenizer(folder / "tokenizer.json")
+    # Truncation and padding off once, as the app does; otherwise `encode` copies the
+    # tokenizer for every sentence, on the same CPUs as the server being measured.
+    tokenizer = configured_tokenizer(load_tokenizer(folder / "tokenizer.json"), None)
     env = {"DASG_CHECKPOINT_DIR": str(folder.parent), "DASG_DATA_DIR": str(GLUE)}
     times = []
     with running_app(env, log=log) as url, sync_playwright() as p:

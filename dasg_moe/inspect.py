@@ -51,7 +51,11 @@ def inspect_text(model: DasgMoEModel, tokenizer: Tokenizer, text: str,
 
     Raises ValueError for empty text or invalid thresholds; long text is truncated to the
     model's max_len and `encoded.truncated` says so. Safe to call from several threads on
-    one shared model: nothing is written to the model.
+    one shared model and tokenizer: nothing is written to either.
+
+    A tokenizer file may store truncation or padding (MiniLM's does); `encode` then copies
+    the tokenizer on every call to turn them off. Callers that inspect many texts configure
+    it once, `configured_tokenizer(tokenizer, None)`, and pass that (the app does).
     """
     cfg = model.config
     overrides = overrides or RoutingOverrides()

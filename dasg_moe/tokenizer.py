@@ -210,11 +210,13 @@ def _check_max_len(tok: Tokenizer, max_len: int, is_pair: bool) -> None:
         raise ValueError(f"max_len={max_len} is too small for {kind}; need at least {lowest}")
 
 
-def _from_encoding(enc: Encoding, n_before: int, max_len: int) -> EncodedText:
-    """Turn a `tokenizers.Encoding` into our frozen record."""
+def _from_encoding(enc: Encoding, n_before: int, max_len: int,
+                   keep: list[int] | None = None) -> EncodedText:
+    """Turn a `tokenizers.Encoding` into our frozen record (only the tokens at `keep`, if
+    given)."""
     # sequence_ids is None for tokens the post-processor added, else 0 / 1.
     segment = [-1 if s is None else s for s in enc.sequence_ids]
-    return EncodedText(
+    fields = dict(
         input_ids=list(enc.ids),
         token_type_ids=list(enc.type_ids),
         attention_mask=list(enc.attention_mask),
@@ -223,9 +225,22 @@ def _from_encoding(enc: Encoding, n_before: int, max_len: int) -> EncodedText:
         offsets=[tuple(o) for o in enc.offsets],
         segment=segment,
         special=[bool(m) for m in enc.special_tokens_mask],
-        truncated=n_before > max_len,
-        n_tokens_before_truncation=n_before,
     )
+    if keep is not None:
+        fields = {name: [values[i] for i in keep] for name, values in fields.items()}
+    return EncodedText(**fields, truncated=n_before > max_len, n_tokens_before_truncation=n_before)
+
+
+def _longest_first(n_first: int, n_second: int, budget: int) -> tuple[int, int]:
+    """How many tokens of each sentence fit `budget`, longest first: the rule of the
+    `tokenizers` library (`truncate_encodings`, strategy LongestFirst). The shorter one is
+    kept whole when the longer can give up enough; otherwise each gets half the budget, the
+    odd token going to the longer one (to the second on a tie)."""
+    short, _ = sorted((n_first, n_second))
+    keep_long = short if short > budget else max(short, budget - short)
+    if short + keep_long > budget:
+        short, keep_long = budget // 2, budget - budget // 2
+    return (keep_long, short) if n_first > n_second else (short, keep_long)
 
 
 def encode(tok: Tokenizer, text: str, text_pair: str | None = None,
@@ -234,22 +249,39 @@ def encode(tok: Tokenizer, text: str, text_pair: str | None = None,
 
     Text whose characters all normalise away (e.g. only control characters) is accepted and
     yields just the special tokens; only empty or whitespace-only input is an error.
+
+    Cost: a tokenizer that stores no truncation and no padding is used as it is, for text
+    of any length. Any other is first copied with both turned off (30-100 ms for a 30k
+    vocabulary), on every call; callers that encode many texts, like the app, make that
+    copy once with `configured_tokenizer(tok, None)` and pass it in.
     """
     text = _clean_input(text, "text")
     if text_pair is not None:
         text_pair = _clean_input(text_pair, "text_pair")
     _check_max_len(tok, max_len, text_pair is not None)
-    # Encode once untruncated to count tokens honestly; the tokenizer's own overflow
+    # Encode untruncated to count tokens honestly; the tokenizer's own overflow
     # bookkeeping is awkward for pairs.
-    plain = configured_tokenizer(tok, None)
-    full = plain.encode(text, text_pair)
+    full = configured_tokenizer(tok, None).encode(text, text_pair)
     n_before = len(full.ids)
     if n_before <= max_len:
         return _from_encoding(full, n_before, max_len)
-    cut = configured_tokenizer(plain, max_len).encode(text, text_pair)
-    if len(cut.ids) > max_len:  # guard against a library change in truncation semantics
-        raise RuntimeError(f"truncation to {max_len} left {len(cut.ids)} tokens")
-    return _from_encoding(cut, n_before, max_len)
+    # Too long: cut each sentence's tail, longest first, and keep every special token. This
+    # is what the library's truncation does before the post-processor adds the special
+    # tokens (which does not move the others), so no second, truncating tokenizer is needed.
+    sequence = full.sequence_ids  # None for special tokens, else 0 / 1
+    lengths = [sequence.count(0), sequence.count(1)]
+    budget = max_len - (n_before - sum(lengths))
+    wanted = _longest_first(*lengths, budget) if text_pair is not None else (budget, 0)
+    keep, seen = [], [0, 0]  # positions kept; tokens of each sentence kept so far
+    for i, s in enumerate(sequence):
+        if s is not None:
+            if seen[s] == wanted[s]:
+                continue
+            seen[s] += 1
+        keep.append(i)
+    if len(keep) > max_len:  # guard against a library change in these semantics
+        raise RuntimeError(f"truncation to {max_len} left {len(keep)} tokens")
+    return _from_encoding(full, n_before, max_len, keep)
 
 
 def encode_batch(tok: Tokenizer, texts: Sequence[str], text_pairs: Sequence[str] | None = None,

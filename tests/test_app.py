@@ -228,6 +228,25 @@ def test_corrupt_checkpoint_folder_is_an_error(app, tmp_path, app_checkpoint_roo
     assert "no such folder" in errors(at)
 
 
+def test_server_folder_paths_can_be_turned_off(app, app_checkpoint_root, monkeypatch):  # noqa: F811
+    """DASG_ALLOW_SERVER_PATHS=0 (a shared server): no folder-path box, a link naming a
+    folder is ignored with a warning, and a session set to that mode still loads nothing."""
+    monkeypatch.setenv(state.SERVER_PATHS_ENV, "0")
+    folder = app_checkpoint_root / sample_names(app_checkpoint_root)[0]
+    at = ok(app(ckpt_path=str(folder)))
+    assert any("turned off" in w.value for w in at.warning)
+    assert "ckpt_path" not in at.query_params and "ckpt" in at.query_params
+    at.sidebar.selectbox[0].set_value(state.OWN).run()
+    assert not at.sidebar.text_input and not at.sidebar.radio  # no path box, no choice
+    assert at.sidebar.file_uploader
+    assert "Upload a checkpoint" in errors(at)
+    at.session_state["own_mode"] = state.OWN_PATH
+    at.session_state["own_path"] = str(folder)
+    at.run()
+    assert errors(at) and not at.get("plotly_chart")
+    assert "ckpt_path" not in at.query_params
+
+
 def zipped(folder: Path, prefix: str = "ckpt/", extra: dict[str, bytes] | None = None) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:

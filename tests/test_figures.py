@@ -103,6 +103,21 @@ def test_routing_figure_stacks_tiers_over_scores_on_one_token_axis(results):
     assert {x["yref"] for x in thresholds} == {"y"}  # θs/θd lines stay on the score panel
 
 
+def test_routing_figure_sizes_its_margins_instead_of_automargin(results):
+    """Automargin would draw the figure twice in the browser; the routing figure turns it
+    off and leaves room for its longest (rotated) token label instead."""
+    frame = results["mrpc-tiny-dasg"].frame
+    plain = valid(figures.routing_figure(frame, 0, "dasg"))["layout"]
+    longer = frame.assign(token=frame["token"].where(frame["position"] != 3,
+                                                     "x" * 40))  # one very long label
+    wide = valid(figures.routing_figure(longer, 0, "dasg"))["layout"]
+    for layout in (plain, wide):
+        axes = [v for k, v in layout.items() if k.startswith(("xaxis", "yaxis"))]
+        assert len(axes) == 3 and all(axis["automargin"] is False for axis in axes)
+        assert layout["margin"]["l"] >= 70 and layout["margin"]["b"] >= 70
+    assert wide["margin"]["b"] >= plain["margin"]["b"] + 100  # 40 characters at -60°
+
+
 def test_tier_map_has_a_square_per_token_and_layer_and_a_tier_legend(results):
     result = results["mrpc-tiny-dasg"]
     spec = valid(figures.tier_map_figure(result.frame, "dasg", eps=1.0))
@@ -115,6 +130,43 @@ def test_tier_map_has_a_square_per_token_and_layer_and_a_tier_legend(results):
     # the clicked point's x is the token position the page reads back
     positions = sorted(x for t in squares for x in t["x"])
     assert positions == sorted(result.frame["position"].tolist())
+
+
+@pytest.mark.parametrize("name", [*TINY, "all-deep"])
+def test_tier_map_hover_shows_each_points_own_values(results, name):
+    """Hover data per point holds only what varies; the tier and the thresholds written
+    into each trace's template must still be those of every point in it."""
+    result = results[name]
+    frame = result.frame.set_index(["layer", "position"])
+    theta = "θs {:.2f}, θd {:.2f}".format(*frame[["theta_s", "theta_d"]].iloc[0])
+    spec = valid(figures.tier_map_figure(result.frame, result.trace.router))
+    for trace in spec["data"]:
+        if trace["x"] == [None]:
+            continue
+        rows = frame.loc[list(zip(trace["y"], trace["x"], strict=True))]
+        assert f"tier: {rows['tier'].iloc[0]}<br>" in trace["hovertemplate"]
+        assert rows["tier"].nunique() == 1 and theta in trace["hovertemplate"]
+        assert [c[0] for c in trace["customdata"]] == trace["x"]  # the position
+        assert [c[1] for c in trace["customdata"]] == [f"{v:.3f}" if v == v else "n/a"
+                                                      for v in rows["score"]]
+
+
+def test_hover_shows_the_token_and_its_position(results):
+    """On an axis with tick labels Plotly's %{x} is the label (the token text), so no
+    hover may call %{x} the position; the position comes from the point's customdata."""
+    result = results["mrpc-tiny-dasg"]
+    figs = {**all_builders(result, 0),
+            "routing": figures.routing_figure(result.frame, 0, "dasg")}
+    for key, fig in figs.items():
+        spec = valid(fig)
+        labelled = {name[:1] + name[5:] for name, axis in spec["layout"].items()
+                    if name.startswith(("xaxis", "yaxis")) and axis.get("ticktext")}
+        for trace in spec["data"]:
+            template = trace.get("hovertemplate", "")
+            for axis in ("x", "y"):
+                if axis + trace.get(f"{axis}axis", axis)[1:] in labelled:
+                    assert f"position %{{{axis}}}" not in template, (key, template)
+                    assert f"layer %{{{axis}}}" not in template, (key, template)
 
 
 def test_all_deep_thresholds_turn_every_square_deep(results):

@@ -8,6 +8,8 @@ Every test runs on the CPU and, when one is present, on a GPU (attention-gym's d
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -195,3 +197,80 @@ def test_window_and_grouping_are_recorded_for_the_app():
     frame = trace.to_frame()
     assert (frame["group"] == frame["position"] // 8).all()
     assert trace.expert_labels == ("S0", "S1", "S2", "S3", "D0", "D1", "D2", "D3")
+
+
+def reference_frame(trace, tokens=None, offsets=None) -> pd.DataFrame:
+    """`RoutingTrace.to_frame` written the plain way: one layer at a time, one token at a
+    time, straight from the field definitions of DESIGN.md §3."""
+    tier_names = {-1: "none", 0: "shallow", 1: "deep"}
+    rows = []
+    for rec in trace.records:
+        group_len = max(trace.attention[rec.layer].group_len if trace.attention else 0, 1)
+        for b, p in trace.token_mask.nonzero().tolist():
+            idx, gates = rec.expert_idx[b, p], rec.gate_weights[b, p]  # [S, K]
+            probs = rec.router_probs[b, p]  # [S, E]
+            E = probs.shape[-1]
+            margins = []  # per sub-token: weakest pick minus strongest left out
+            for s in range(idx.shape[0]):
+                k = int((idx[s] >= 0).sum())
+                ranked = np.sort(probs[s].numpy())[::-1]  # float32, descending
+                margins.append(ranked[max(k - 1, 0)] - ranked[k] if k < E
+                               else np.float32("nan"))
+            score = rec.score[b, p].numpy()  # float32 scalar: float32 arithmetic below
+            row = {"example": b, "layer": rec.layer, "position": p,
+                   "token_id": int(trace.input_ids[b, p])}
+            if tokens is not None:
+                row["token"] = tokens[b][p]
+            if offsets is not None:
+                row["start"], row["end"] = offsets[b][p]
+            row.update({
+                "group": p // group_len, "segment": int(trace.token_type_ids[b, p]) + 1,
+                "special": bool(trace.special[b, p]),
+                "importance": rec.importance[b, p].numpy(),
+                "complexity": rec.complexity[b, p].numpy(), "score": score,
+                "p_deep": rec.p_deep[b, p].numpy(), "in_band": bool(rec.in_band[b, p]),
+                "tier": tier_names[int(rec.tier[b, p])],
+                "theta_s": rec.theta_s, "theta_d": rec.theta_d,
+                "tier_margin": min(abs(score - np.float32(rec.theta_s)),
+                                   abs(score - np.float32(rec.theta_d))),
+                "experts": [int(e) for e in idx.flatten() if e >= 0],
+                "gate_weights": [round(float(g), 6) for g, e in zip(gates.flatten(),
+                                                                     idx.flatten(), strict=True)
+                                 if e >= 0],
+                "n_experts": int((idx >= 0).sum()),
+                "router_probs": [round(float(x), 6) for x in probs[0]],
+                "top_prob": probs[0].max().numpy(),
+                "expert_margin": np.float32("nan") if any(np.isnan(margins))
+                else min(margins),
+                "flops": rec.flops[b, p].numpy(), "moe": rec.moe})
+            rows.append(row)
+    frame = pd.DataFrame(rows)
+    for column in ("importance", "complexity", "score", "p_deep", "tier_margin", "top_prob",
+                   "expert_margin", "flops"):
+        frame[column] = frame[column].astype(np.float32)
+    return frame
+
+
+@pytest.mark.parametrize(("router", "moe_every"), [(r, 1) for r in ROUTERS]
+                         + [(r, 2) for r in ("switch", "da_moe", "mh_moe", "dasg")])
+@pytest.mark.parametrize("text", [False, True])
+def test_frame_equals_the_plain_per_token_reference(router, moe_every, text):
+    """The vectorised frame holds exactly the values, dtypes and column order of the
+    per-token definition, for every router, with dense layers in between (their S, K and
+    E differ from the MoE layers'), and with and without token text and offsets."""
+    model = build(router=router, moe_every=moe_every)
+    ids, mask = batch()
+    trace = model(ids, mask, trace=True).trace
+    tokens = [[f"t{e}_{p}" for p in range(ids.shape[1])] for e in range(len(LENGTHS))] \
+        if text else None
+    offsets = [[(p, p + 2) for p in range(ids.shape[1])] for _ in LENGTHS] if text else None
+    frame = trace.to_frame(tokens=tokens, offsets=offsets)
+    expected = reference_frame(trace, tokens, offsets)
+    assert list(frame.columns) == list(expected.columns)
+    for column in ("experts", "gate_weights", "router_probs"):  # lists: compared exactly
+        assert frame[column].tolist() == expected[column].tolist(), column
+    pd.testing.assert_frame_equal(frame.drop(columns=["experts", "gate_weights",
+                                                      "router_probs"]),
+                                  expected.drop(columns=["experts", "gate_weights",
+                                                         "router_probs"]),
+                                  check_exact=True)
