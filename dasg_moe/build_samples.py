@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import train
 from .card import model_card
-from .checkpoint import read_config
+from .checkpoint import atomic_write, read_config
 
 # Flagships: pre-training transfer from all-MiniLM-L6-v2 (DESIGN.md §4). The layout flags
 # spell out `transfer.bert_config`'s defaults: the shared expert holds the pretrained FFN,
@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
                              if (p / "metrics.json").is_file()):
             metrics = json.loads((folder / "metrics.json").read_text())
             card = model_card(read_config(folder), metrics, folder.name)
-            (folder / "README.md").write_text(card, encoding="utf-8")
+            atomic_write(folder / "README.md",
+                         lambda tmp, card=card: Path(tmp).write_text(card, encoding="utf-8"))
             print(f"{folder.name}: card rewritten")
         return 0
     if args.verify:
