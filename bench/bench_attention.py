@@ -71,8 +71,9 @@ def reference_groups(q, k, v):
 
 def grouped_stats(q, k, v):
     """The fast path the evaluator uses: probabilities in the grouped layout + statistics."""
-    out, probs = grouped_attention_core(q, k, v, ALL_REAL[q.shape[0], q.shape[2]], None, True)
-    received, entropy = attention_statistics(probs, ALL_REAL[q.shape[0], q.shape[2]])
+    real = ALL_REAL[q.shape[0], q.shape[2]]
+    out, probs, row_entropy = grouped_attention_core(q, k, v, real, None, True)
+    received, entropy = attention_statistics(probs, row_entropy, real)
     return out, received, entropy
 
 
@@ -90,8 +91,9 @@ ALL_REAL = _AllReal()
 def dense_stats(q, k, v):
     """Dense attention that also yields the statistics: the [H, N, N] probabilities must be
     materialised (what the evaluator would cost without groups)."""
-    out, probs = grouped_attention_core(q, k, v, ALL_REAL[1, q.shape[2]], None, True)
-    received, entropy = attention_statistics(probs, ALL_REAL[1, q.shape[2]])
+    real = ALL_REAL[1, q.shape[2]]
+    out, probs, row_entropy = grouped_attention_core(q, k, v, real, None, True)
+    received, entropy = attention_statistics(probs, row_entropy, real)
     return out, received, entropy
 
 
@@ -147,14 +149,14 @@ def _core(sec: Section, N: int, quick: bool, threads: int) -> None:
 
     # Reference checks on the same inputs, before any timing.
     ref_out, ref_rec, ref_ent = reference_groups(gq, gk, gv)
-    fast, _ = grouped_attention_core(gq, gk, gv, key_mask, None, False)
+    fast, _, _ = grouped_attention_core(gq, gk, gv, key_mask, None, False)
     sec.check(f"N={N}: grouped core (SDPA, no mask) == per-group loop", fast, ref_out, 1e-4, 1e-4)
     out, rec, ent = grouped_stats(gq, gk, gv)
     sec.check(f"N={N}: grouped core with stats: output", out, ref_out, 1e-4, 1e-4)
     sec.check(f"N={N}: grouped core with stats: received", rec, ref_rec, 1e-4, 1e-4)
     sec.check(f"N={N}: grouped core with stats: entropy", ent, ref_ent, 1e-4, 1e-4)
-    banded, _ = grouped_attention_core(gq, gk, gv, key_mask, band, False)
-    banded_ref, _ = grouped_attention_core(gq, gk, gv, key_mask, band, True)  # explicit softmax
+    banded, _, _ = grouped_attention_core(gq, gk, gv, key_mask, band, False)
+    banded_ref, _, _ = grouped_attention_core(gq, gk, gv, key_mask, band, True)  # explicit softmax
     sec.check(f"N={N}: grouped core with window band: SDPA == explicit", banded, banded_ref,
               1e-4, 1e-4)
     if N <= 2048:  # dense reference with a block-diagonal mask: the grouping itself is right
@@ -289,7 +291,7 @@ def _flex(sec: Section, N: int, quick: bool) -> None:
     flex = torch.compile(flex_attention)
     band = window_mask(M, 2 * half, gq.device)
     key_mask = torch.ones(G, M, dtype=torch.bool, device="cuda")
-    ours = grouped_attention_core(gq, gk, gv, key_mask, band, False)
+    ours, _, _ = grouped_attention_core(gq, gk, gv, key_mask, band, False)
     theirs = flex(dq, dk, dv, block_mask=block_mask)
     sec.check(f"N={N}: grouped core with band == FlexAttention",
               ours.transpose(0, 1).reshape(1, H, N, DH), theirs, 1e-3, 1e-3)

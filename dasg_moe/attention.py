@@ -67,11 +67,13 @@ class AttentionOutput:
 
 
 def grouped_attention_core(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor,
-                           window: Tensor | None, need_probs: bool) -> tuple[Tensor, Tensor | None]:
+                           window: Tensor | None,
+                           need_probs: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Attention of every group at once (DESIGN.md §2.1: groups are a batch dimension).
 
     q, k, v: [N, H, M, Dh]; key_mask: [N, M] bool (real tokens); window: [M, M] bool or None.
-    Returns the output [N, H, M, Dh] and, when `need_probs`, the probabilities [N, H, M, M].
+    Returns the output [N, H, M, Dh] and, when `need_probs`, the probabilities [N, H, M, M]
+    and the entropy of every attention row [N, H, M] (no gradient: a routing feature).
     Every query may attend itself, so a padding query never sees an all-masked row (its
     output is discarded later); a real query sees itself anyway.
 
@@ -92,32 +94,49 @@ def grouped_attention_core(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor,
     elif window is not None:
         allowed = window  # [M, M]
     if not need_probs:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed), None
-    scores = (q * Dh**-0.5) @ k.transpose(-2, -1)  # [N, H, M, M]; scaling q costs M*Dh, not M*M
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed), None, None
+    q = q * Dh**-0.5  # scaling q costs M*Dh, not M*M
+    scores = q @ k.transpose(-2, -1)  # [N, H, M, M]
     if allowed is not None:
         scores = scores.masked_fill(~allowed, float("-inf"))
     probs = scores.softmax(dim=-1)  # [N, H, M, M]
-    return probs @ v, probs
+    with torch.no_grad():
+        entropy = _row_entropy(q, k, scores, probs)  # [N, H, M]
+    return probs @ v, probs, entropy
 
 
-def attention_statistics(probs: Tensor, query_mask: Tensor) -> tuple[Tensor, Tensor]:
+def _row_entropy(q: Tensor, k: Tensor, scores: Tensor, probs: Tensor) -> Tensor:
+    """Entropy -sum_j p_ij log p_ij of every attention row, without a log over [M, M].
+
+    With p_ij = exp(s_ij - lse_i), the entropy is lse_i - sum_j p_ij s_ij (masked keys have
+    p_ij = 0 exactly), and sum_j p_ij s_ij = q_i . (sum_j p_ij k_j) for the scaled query, one
+    batched matmul like `probs @ v`. lse_i = max_j s_ij - log max_j p_ij (the largest score
+    has the largest probability, at least 1/M, so its log is exact). Measured in bench/: about
+    4x faster than an elementwise -p log p pass (`torch.special.entr`), to 1e-5.
+    q, k: [N, H, M, Dh] (q scaled); scores, probs: [N, H, M, M]. Returns [N, H, M].
+    """
+    lse = scores.amax(dim=-1) - probs.amax(dim=-1).log()  # [N, H, M]
+    expected_score = (q * (probs @ k)).sum(dim=-1)  # [N, H, M]
+    return (lse - expected_score).clamp_min(0.0)
+
+
+def attention_statistics(probs: Tensor, row_entropy: Tensor,
+                         query_mask: Tensor) -> tuple[Tensor, Tensor]:
     """The evaluator's attention statistics (DESIGN.md §2.3) from the group probabilities.
 
-    probs: [N, H, M, M]; query_mask: [N, M] bool, True on real queries. Returns
+    probs: [N, H, M, M]; row_entropy: [N, H, M] (from `grouped_attention_core`); query_mask:
+    [N, M] bool, True on real queries. Returns
     - received [N, M]: attention each token receives from the real queries of its group
       (column sums of the probabilities), mean over heads;
     - entropy [N, M]: entropy of each token's own attention row, mean over heads.
     The column sums are one batched vector-matrix product, mask weights [N, 1, H*M] times
     probs [N, H*M, M], so no masked copy of probs and no strided reduction over queries is
-    made; the entropy is one `entr` pass (-p log p, with 0 log 0 = 0).
+    made.
     """
     N, H, M, _ = probs.shape
     weights = query_mask.to(probs.dtype).repeat(1, H).unsqueeze(1)  # [N, 1, H*M]
     received = (weights @ probs.reshape(N, H * M, M)).squeeze(1) / H  # [N, M]
-    # entr's gradient is NaN at p = 0 (masked keys); the entropy is a routing feature, so no
-    # gradient flows back into attention through it.
-    entropy = torch.special.entr(probs.detach()).sum(dim=-1).mean(dim=1)  # [N, M]
-    return received, entropy
+    return received, row_entropy.mean(dim=1)
 
 
 class GroupedMultiHeadAttention(nn.Module):
@@ -163,8 +182,8 @@ class GroupedMultiHeadAttention(nn.Module):
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [N, H, M, Dh]
         key_mask = mask_pad.view(B * G, M)  # [N, M]
         need_probs = need_stats or need_maps
-        out, probs = grouped_attention_core(q, k, v, key_mask,
-                                            window_mask(M, self.window, x.device), need_probs)
+        out, probs, row_entropy = grouped_attention_core(
+            q, k, v, key_mask, window_mask(M, self.window, x.device), need_probs)
         out = out.transpose(1, 2).reshape(B, G, M, D)  # [B, G, M, D]
         if self.refine:
             hidden = F.gelu(torch.einsum("bgmd,gdr->bgmr", out, self.refine_in[:G]))
@@ -180,7 +199,7 @@ class GroupedMultiHeadAttention(nn.Module):
 
         received = entropy = None
         if need_stats:  # rows of padding queries count for nothing
-            received, entropy = attention_statistics(probs, key_mask)  # 2 x [N, M]
+            received, entropy = attention_statistics(probs, row_entropy, key_mask)  # 2 x [N, M]
             received = received.view(B, G * M)[:, :L]  # [B, L]
             entropy = entropy.view(B, G * M)[:, :L]  # [B, L]
         local_probs = probs.view(B, G, H, M, M) if need_maps else None
@@ -197,7 +216,7 @@ class GroupedMultiHeadAttention(nn.Module):
         group_real = count.squeeze(-1) > 0  # [B, G]
         qkv = self.qkv(summary).view(B, G, 3, H, D // H)  # [B, G, 3, H, Dh]
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # 3 x [B, H, G, Dh]
-        mixed, probs = grouped_attention_core(q, k, v, group_real, None, need_maps)
+        mixed, probs, _ = grouped_attention_core(q, k, v, group_real, None, need_maps)
         mixed = mixed.transpose(1, 2).reshape(B, G, D)  # [B, G, D]
         fused = self.fuse(self.out_proj(mixed))  # [B, G, D]
         return fused, (probs if need_maps else None)

@@ -183,6 +183,25 @@ def test_received_is_column_sum_over_real_queries_mean_over_heads():
     assert torch.allclose(out.received.sum(-1), torch.tensor(lengths, dtype=torch.float))
 
 
+@pytest.mark.parametrize("scale", [1.0, 30.0], ids=["soft", "peaked"])
+def test_entropy_is_the_mean_over_heads_of_each_rows_entropy(scale):
+    # -sum p log p by its definition, on the maps the module reports, with a window and
+    # padding (p = 0 on masked keys); "peaked" rows have entropy near 0, where the fast
+    # identity (log-sum-exp minus the expected score) loses the most precision.
+    attn = build()
+    with torch.no_grad():
+        attn.qkv.weight.mul_(scale**0.5)
+    L, lengths = 20, [20, 13]
+    mask = padding_mask(lengths, L)
+    out = attn(torch.randn(2, L, D), mask, need_stats=True, need_maps=True)
+    G, M = out.n_groups, out.group_len
+    probs = out.local_probs.double()  # [B, G, H, M, M]
+    rows = -(probs * probs.clamp_min(1e-300).log()).sum(-1)  # [B, G, H, M]
+    expected = rows.mean(dim=2).reshape(2, G * M)[:, :L].float()
+    torch.testing.assert_close(out.entropy, expected, atol=2e-5, rtol=0)
+    assert out.entropy.min() >= 0
+
+
 def test_stats_and_maps_are_kept_only_when_asked():
     attn = build()
     x, mask = torch.randn(1, 16, D), torch.ones(1, 16, dtype=torch.bool)
