@@ -210,26 +210,32 @@ class DasgMoEModel(nn.Module):
                 + cfg.compute_loss_coef * aux.get("compute", 0.0))
 
     def _per_example_stats(self, layers, mask: Tensor) -> dict[str, Tensor]:
-        """Per-example sums over layers, for evaluation and the REINFORCE reward."""
+        """Per-example sums over layers, for evaluation and the REINFORCE reward.
+
+        Every layer routes the same T real tokens, so the layers are summed per token first
+        and the tokens per example in one `index_add_` (a handful of operators, not a few per
+        layer and statistic: this runs on every forward)."""
         B = mask.shape[0]
         example = torch.arange(B, device=mask.device).unsqueeze(1).expand_as(mask)[mask]  # [T]
-
-        def per_example(values: Tensor) -> Tensor:
-            return torch.zeros(B, device=mask.device).index_add_(0, example, values.float())
-
-        stats = {k: torch.zeros(B, device=mask.device) for k in
-                 ("flops", "deep_decisions", "tier_decisions", "expert_slots", "moe_tokens",
-                  "policy_log_prob")}
+        T = example.shape[0]
+        zero = torch.zeros(T, device=mask.device)
+        flops, deep, slots, log_prob = zero, zero, zero, zero
+        n_moe = 0  # MoE layers that routed the tokens
         for layer, (_, moe) in enumerate(layers):
-            stats["flops"] += per_example(moe.flops)
+            flops = flops + moe.flops.float()
             if moe.tier.numel() and self.config.is_moe_layer(layer):
-                stats["moe_tokens"] += per_example(torch.ones_like(moe.flops))
-                stats["expert_slots"] += per_example((moe.expert_idx >= 0).sum((1, 2)))
+                n_moe += 1
+                slots = slots + (moe.expert_idx >= 0).sum((1, 2))
                 if self.config.has_tiers:
-                    stats["tier_decisions"] += per_example(torch.ones_like(moe.flops))
-                    stats["deep_decisions"] += per_example((moe.tier == 1).float())
-                    stats["policy_log_prob"] += per_example(moe.policy_log_prob)
-        return stats
+                    deep = deep + (moe.tier == 1)
+                    log_prob = log_prob + moe.policy_log_prob.float()
+        decisions = n_moe if self.config.has_tiers else 0
+        per_token = torch.stack([flops, deep, zero + decisions, slots, zero + n_moe, log_prob],
+                                dim=-1)  # [T, 6]
+        per_example = torch.zeros(B, 6, device=mask.device).index_add_(0, example, per_token)
+        names = ("flops", "deep_decisions", "tier_decisions", "expert_slots", "moe_tokens",
+                 "policy_log_prob")
+        return dict(zip(names, per_example.unbind(-1), strict=True))  # each [B]
 
     def _build_trace(self, layers, input_ids: Tensor, token_type_ids: Tensor, mask: Tensor,
                      special: Tensor, overrides: RoutingOverrides | None) -> RoutingTrace:

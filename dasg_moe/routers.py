@@ -61,12 +61,15 @@ def top_k_gates(logits: Tensor, k: Tensor | int) -> LocalRouting:
     (GShard / Mixtral).
     """
     probs = logits.float().softmax(dim=-1)  # [T, E]
-    k_max = int(k) if isinstance(k, int) else int(k.max().item()) if k.numel() else 1
+    if isinstance(k, int):  # every token k experts: no per-token masks
+        top_p, top_idx = probs.topk(k, dim=-1)  # [T, k]
+        gate = top_p / top_p.sum(-1, keepdim=True).clamp_min(1e-9) if k > 1 else top_p
+        return LocalRouting(top_idx, gate, probs, logits)
+    k_max = int(k.max().item()) if k.numel() else 1
     top_p, top_idx = probs.topk(k_max, dim=-1)  # [T, K]
-    k_tok = torch.full_like(top_idx[:, 0], k_max) if isinstance(k, int) else k
-    keep = torch.arange(k_max, device=logits.device) < k_tok.unsqueeze(-1)  # [T, K]
+    keep = torch.arange(k_max, device=logits.device) < k.unsqueeze(-1)  # [T, K]
     top_p = top_p * keep
-    several = (k_tok > 1).unsqueeze(-1)
+    several = (k > 1).unsqueeze(-1)
     gate = torch.where(several, top_p / top_p.sum(-1, keepdim=True).clamp_min(1e-9), top_p)
     return LocalRouting(top_idx.masked_fill(~keep, -1), gate, probs, logits)
 
