@@ -49,14 +49,14 @@ def dispatch(x: Tensor, expert_idx: Tensor, gate: Tensor,
     n_unused, *sizes = counts.tolist()  # one host sync: the slice sizes
     order = order[n_unused:]  # [A] assignments, A = T*K - unused
     token = order // K  # [A]
-    weight = gate.reshape(-1)[order]  # [A]
+    weight = gate.reshape(-1)[order].unsqueeze(-1)  # [A, 1]
 
     out = torch.zeros_like(x)  # [T, D]
     for e, (token_e, weight_e) in enumerate(zip(token.split(sizes), weight.split(sizes),
                                                 strict=True)):  # loop over experts
         if token_e.shape[0]:
             y = expert_forward(e, x[token_e])  # [T_e, D]
-            out.index_add_(0, token_e, (y * weight_e.unsqueeze(-1).to(y.dtype)).to(x.dtype))
+            out.index_add_(0, token_e, (y * weight_e).to(x.dtype))
     used = expert_idx >= 0  # [T, K]
     slot_flops = flops_per_expert.float()[expert_idx.clamp_min(0)]  # [T, K]
     flops = torch.where(used, slot_flops, 0.0).sum(dim=-1)  # [T]
