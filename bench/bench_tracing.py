@@ -24,7 +24,7 @@ import torch
 from dasg_moe.model import DasgMoEModel
 from dasg_moe.moe import MoEInput
 
-from .common import Section, block_seconds, compare, top_ops
+from .common import Section, block_seconds, compare, paired_ratio, top_ops
 from .models import random_batch, small_model
 
 
@@ -72,16 +72,16 @@ def run(quick: bool, threads: int) -> Section:
                   minimal[2]["flops"], 1e-6, 1e-6)
         sec.check(f"{label}: trace on logits == trace off logits", on.logits, off.logits,
                   1e-5, 1e-5)
-        times = compare(fns, rounds=3 if quick else 15, threads=threads,
-                    block_s=block_seconds(quick, 0.2))
-        base = times["no tracing code"].median_s
+        times = compare(fns, rounds=3 if quick else 45, threads=threads,
+                        block_s=block_seconds(quick, 0.1))
+        base, off = times["no tracing code"], times["trace off"]
         for name, t in times.items():
             sec.rows.append({"input": f"{label} ({B}x{L})", "forward": name, **t.as_ms(),
-                             "vs_no_tracing_code": round(t.median_s / base, 3),
-                             "vs_trace_off": round(t.median_s / times["trace off"].median_s, 3)})
-        sec.target(f"{label}: trace off / no tracing code",
-                   times["trace off"].median_s / base, 1.03, "lower", "x")
-        sec.target(f"{label}: trace on / trace off",
-                   times["trace on"].median_s / times["trace off"].median_s, 1.5, "lower", "x")
+                             "vs_no_tracing_code": round(paired_ratio(t, base), 3),
+                             "vs_trace_off": round(paired_ratio(t, off), 3)})
+        sec.target(f"{label}: trace off / no tracing code", paired_ratio(off, base), 1.03,
+                   "lower", "x", note="median of per-round paired ratios")
+        sec.target(f"{label}: trace on / trace off", paired_ratio(times["trace on"], off), 1.5,
+                   "lower", "x", note="median of per-round paired ratios")
         sec.profiles[f"{label}: trace on"] = top_ops(fns["trace on"], n=10, quick=quick)
     return sec

@@ -95,6 +95,7 @@ class Timing:
     median_s: float
     iqr_s: float
     samples: int
+    per_round_s: tuple[float, ...] = ()  # time per call in each interleaved round
 
     def as_ms(self) -> dict[str, float]:
         return {"median_ms": round(self.median_s * 1e3, 4), "iqr_ms": round(self.iqr_s * 1e3, 4),
@@ -136,7 +137,17 @@ def compare(fns: dict[str, Callable[[], Any]], *, rounds: int, threads: int,
         for name in names[r % len(names):] + names[:r % len(names)]:
             samples[name].append(timers[name].timeit(numbers[name]).median)
     return {name: Timing(statistics.median(s), _quantile(s, 0.75) - _quantile(s, 0.25),
-                         len(s) * numbers[name]) for name, s in samples.items()}
+                         len(s) * numbers[name], tuple(s)) for name, s in samples.items()}
+
+
+def paired_ratio(a: Timing, b: Timing) -> float:
+    """Median over rounds of time(a) / time(b), both from one `compare` call.
+
+    The two candidates of a round ran back to back, so a load burst that slows one mostly
+    slows the other: the per-round ratio cancels it, and its median resolves differences of
+    a few percent that the ratio of the two medians (each spread by the load) cannot.
+    """
+    return statistics.median(x / y for x, y in zip(a.per_round_s, b.per_round_s, strict=True))
 
 
 def block_seconds(quick: bool, seconds: float) -> float:

@@ -41,3 +41,14 @@ def test_quick_run_writes_markdown_with_environment_and_targets(quick_results):
     for section in json.loads((quick_results / "results_quick.json").read_text())[
             "sections"].values():
         assert section["title"] in text
+
+
+def test_paired_ratio_is_the_median_of_per_round_ratios_so_a_shared_burst_cancels():
+    from bench.common import Timing, paired_ratio
+
+    # Rounds 2 and 3 ran under load bursts that slowed both candidates alike: every round's
+    # ratio is still 1.5, and one round where the burst hit only `a` does not move the median.
+    a = Timing(1.5, 0.0, 4, (1.5, 15.0, 3.0, 9.0))
+    b = Timing(1.0, 0.0, 4, (1.0, 10.0, 2.0, 1.0))
+    assert paired_ratio(a, b) == pytest.approx(1.5)
+    assert paired_ratio(b, a) == pytest.approx(1 / 1.5)
