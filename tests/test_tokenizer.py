@@ -7,13 +7,19 @@ and fixed padding stored in its file).
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import torch
 
 from dasg_moe.tokenizer import (
     SPECIAL_TOKENS,
+    canonical_vocab,
     configured_tokenizer,
     encode,
     encode_batch,
@@ -21,6 +27,8 @@ from dasg_moe.tokenizer import (
     save_tokenizer,
     special_token_ids,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 LONG_TEXT = " ".join(["the company said shares rose in trading on monday"] * 30)
 
@@ -44,6 +52,76 @@ def test_trained_tokenizer_puts_specials_at_0_to_4(small_tokenizer):
 def test_special_ids_are_looked_up_by_string_for_bert_vocab(minilm_tokenizer):
     assert special_token_ids(minilm_tokenizer) == {"pad": 0, "unk": 100, "cls": 101, "sep": 102,
                                                    "mask": 103}
+
+
+# --- reproducible training ----------------------------------------------------------------
+
+# Trains on the first 300 MRPC pairs with the default vocab_size (8192, more than 600 sentences
+# fill, so merging runs down to min_frequency); prints the tokenizer.json text.
+_TRAIN_ONCE = """
+import sys
+import pyarrow.parquet as pq
+from dasg_moe.tokenizer import train_tokenizer
+rows = pq.read_table(sys.argv[1], columns=["sentence1", "sentence2"]).slice(0, 300).to_pydict()
+sys.stdout.write(train_tokenizer(rows["sentence1"] + rows["sentence2"]).to_str())
+"""
+
+
+def test_training_gives_the_same_tokenizer_in_every_process(glue_dir):
+    # Without the fix this fails on both counts: the pieces get other ids in each process,
+    # and equally frequent merges are taken in another order, so even the set of pieces
+    # (and its size) changes.
+    procs = [subprocess.Popen([sys.executable, "-c", _TRAIN_ONCE,
+                               str(glue_dir / "mrpc" / "train.parquet")],
+                              cwd=ROOT, env={**os.environ, "PYTHONHASHSEED": seed},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for seed in ("1", "2")]
+    outputs = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr
+        outputs.append(stdout)
+    first, second = (json.loads(out)["model"]["vocab"] for out in outputs)
+    assert sorted(first) == sorted(second), "the two runs learned different pieces"
+    moved = sum(first[t] != second[t] for t in first)
+    assert first == second, f"{moved} of {len(first)} pieces got other ids"
+    assert outputs[0] == outputs[1]
+
+
+def test_trained_vocab_is_in_the_documented_order(small_tokenizer):
+    vocab = small_tokenizer.get_vocab()
+    assert vocab == canonical_vocab(vocab)
+    by_id = sorted(vocab, key=vocab.get)
+    assert by_id[:5] == list(SPECIAL_TOKENS)
+    # Single characters, then "##" + one character, then longer pieces, each by code point.
+    kinds = [(len(t.removeprefix("##")) > 1, t.startswith("##")) for t in by_id[5:]]
+    assert kinds == sorted(kinds) and kinds[0] == (False, False) and kinds[-1] == (True, True)
+    single = [t for t in by_id[5:] if len(t) == 1]
+    assert single == sorted(single)
+
+
+def test_canonical_vocab_depends_only_on_the_pieces():
+    pieces = ["##ing", "play", "[MASK]", "a", "##s", "[PAD]", "p", "[CLS]", "pl", "[SEP]",
+              "[UNK]", "##a", "##g"]
+    expected = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "p", "##a", "##g", "##s",
+                "pl", "play", "##ing"]
+    assert list(canonical_vocab(pieces)) == expected
+    assert canonical_vocab(reversed(pieces)) == canonical_vocab(pieces)
+    assert list(canonical_vocab(pieces).values()) == list(range(len(expected)))
+
+
+def test_only_the_five_special_tokens_are_special(small_tokenizer):
+    # Training registers the "##" + character pieces with the trainer as special tokens to
+    # fix their ids; they must not stay special (matched in raw text, skipped in decoding).
+    added = small_tokenizer.get_added_tokens_decoder()
+    assert [added[i].content for i in sorted(added)] == list(SPECIAL_TOKENS)
+    assert all(added[i].special for i in added)
+    # As a special token "##s" would be cut out of the raw text whole; as a piece it only
+    # continues a word, and "#" is punctuation, which always stands alone.
+    assert "##s" not in encode(small_tokenizer, "##s play##s").tokens
+    cats = encode(small_tokenizer, "cats")
+    assert any(t.startswith("##") for t in cats.tokens)
+    assert small_tokenizer.decode(cats.input_ids) == "cats"  # no piece skipped as special
 
 
 # --- layout of single texts and pairs ----------------------------------------------------
