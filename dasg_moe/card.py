@@ -8,6 +8,7 @@ expert took, per MoE layer) and parameter counts (total, and active per token).
 from __future__ import annotations
 
 import json
+import math
 import shlex
 
 import numpy as np
@@ -100,7 +101,46 @@ def _pretrained_source(command: str) -> str | None:
     return None
 
 
-def _origin(cfg: DasgConfig, source: str | None) -> str:
+def _mean_input_len(metrics: dict) -> float | None:
+    """Mean tokens per validation input (special tokens included, after truncation to
+    max_len), from the n_tokens and n_examples that `evaluate` stores; None without them."""
+    n_tokens, n_examples = metrics.get("n_tokens"), metrics.get("n_examples")
+    if not isinstance(n_tokens, int | float) or not isinstance(n_examples, int) or n_examples < 1:
+        return None
+    return n_tokens / n_examples
+
+
+def _grouping(cfg: DasgConfig, metrics: dict) -> str:
+    """What GMHA's grouping does to the transferred attention, for inputs of the measured
+    mean length: whether a typical input fits in the first group (where, with a window
+    covering the group, attention is the pretrained one) or is cut across several."""
+    if cfg.attention != "gmha":
+        return "full attention"
+    group = cfg.group_len
+    head = f"G = {cfg.n_groups} groups of {group} tokens with a window of {cfg.window}"
+    inside = ("exactly the pretrained full attention" if cfg.window // 2 >= group - 1 else
+              f"the pretrained attention limited to {cfg.window // 2} tokens either side")
+    across = ("the long-range path carries what crosses groups" if cfg.aggregate_groups else
+              "with aggregation off nothing crosses groups")
+    mean = _mean_input_len(metrics)
+    if mean is None:
+        return f"{head}: within a group attention is {inside}, and {across}"
+    measured = (f"{head}. Validation inputs average {mean:.0f} tokens (n_tokens / n_examples "
+                f"in metrics.json)")
+    if mean <= group:
+        return (f"{measured}, so an input of typical length fits in the first group, where "
+                f"attention is {inside}; only longer inputs are split ({across}). Smaller "
+                f"groups cut attention cost further but cut inputs apart, which the "
+                f"pretrained attention never saw; the G series of small checkpoints shows "
+                f"that trade-off")
+    return (f"{measured}, so a typical input spans {math.ceil(mean / group)} groups: the "
+            f"pretrained attention, which always saw whole inputs, now sees {group}-token "
+            f"pieces of them (within each, attention is {inside}), and {across}. Larger "
+            f"groups keep more of the pretrained attention at a higher attention cost; the G "
+            f"series of small checkpoints shows that trade-off")
+
+
+def _origin(cfg: DasgConfig, source: str | None, metrics: dict) -> str:
     """Where the weights came from, and what to keep in mind when reading its routing."""
     if source is None:
         return """## Origin
@@ -119,13 +159,7 @@ pictures show what *this* model learned, not what a large pretrained DASG-MoE wo
               "projection, so the model began as exactly the pretrained encoder apart from "
               "the grouping" if cfg.shared_expert else
               "the dense FFN of every MoE layer was split into the routed experts")
-    grouping = (f"G = {cfg.n_groups} groups of {cfg.group_len} tokens with a window of "
-                f"{cfg.window}: most GLUE inputs fit in the first group, where attention is "
-                f"exactly the pretrained full attention, and only long inputs are split (the "
-                f"long-range path carries what crosses groups). Smaller groups cut attention "
-                f"cost further but cut sentence pairs apart, which the pretrained attention "
-                f"never saw; the G series of small checkpoints shows that trade-off"
-                if cfg.attention == "gmha" else "full attention")
+    grouping = _grouping(cfg, metrics)
     return f"""## Origin
 Pre-training transfer from {name}{licence}: embeddings and attention weights were copied,
 {shared}; each deep expert's frozen first layer is its shallow twin's. Grouping:
@@ -193,7 +227,7 @@ Training time {_fmt(training.get('seconds'), 0)} s on {training.get('hardware', 
 Run it under other thresholds without retraining:
 `python -m dasg_moe.evaluate --checkpoint sample_checkpoints/{name} --theta-s 0.2 --theta-d 0.8`.
 
-{_origin(cfg, _pretrained_source(training.get('command', '')))}
+{_origin(cfg, _pretrained_source(training.get('command', '')), metrics)}
 <details><summary>metrics.json</summary>
 
 ```json
