@@ -471,9 +471,9 @@ def _run(s: TrainSettings, command: str, rank: int, world: int, device: torch.de
     started = time.perf_counter()
     tokenizer = None
     if world > 1 and not s.from_pretrained:
-        # WordPiece training is not reproducible from one process to the next (equally
-        # frequent pieces come out in varying order), so rank 0 trains the tokenizer and
-        # sends it to the others: the token ids must mean the same on every rank.
+        # The token ids must mean the same on every rank. `train_tokenizer` is deterministic,
+        # but rank 0 trains the tokenizer once and sends it, so that holds by construction
+        # rather than by a property of the trainer.
         trained = train_tokenizer(texts, vocab_size=s.vocab_size).to_str() if rank == 0 \
             else None
         tokenizer = Tokenizer.from_str(_broadcast_text(trained, rank, device))
