@@ -7,8 +7,9 @@
   copy the other does not. The FLOP limit of the speed-up is G (both cores do 4*N*M*D vs
   4*N*N*D multiply-add FLOPs, M = N/G).
 - The core with the statistics the evaluator needs (importance = attention received, and
-  the entropy of each token's row): explicit probabilities in the grouped layout +
-  `attention_statistics`, against the same dense SDPA (which computes no statistics).
+  the entropy of each token's row): `grouped_attention_core(..., need_stats=True)`, explicit
+  probabilities in the grouped layout, a chunk of groups at a time, against the same dense
+  SDPA (which computes no statistics).
 - The whole GMHA layer (qkv, grouped core, per-group refinement MLPs, group-summary path,
   output projection) against an MHA layer of the same width (the same module class with
   `attention="mha"`), with the analytic FLOP ratio.
@@ -29,7 +30,6 @@ import torch.nn.functional as F
 
 from dasg_moe.attention import (
     GroupedMultiHeadAttention,
-    attention_statistics,
     grouped_attention_core,
     window_mask,
 )
@@ -72,9 +72,8 @@ def reference_groups(q, k, v):
 def grouped_stats(q, k, v):
     """The fast path the evaluator uses: probabilities in the grouped layout + statistics."""
     real = ALL_REAL[q.shape[0], q.shape[2]]
-    out, probs, row_entropy = grouped_attention_core(q, k, v, real, None, True)
-    received, entropy = attention_statistics(probs, row_entropy, real)
-    return out, received, entropy
+    core = grouped_attention_core(q, k, v, real, None, need_stats=True)
+    return core.out, core.received, core.entropy
 
 
 class _AllReal(dict):
@@ -92,9 +91,8 @@ def dense_stats(q, k, v):
     """Dense attention that also yields the statistics: the [H, N, N] probabilities must be
     materialised (what the evaluator would cost without groups)."""
     real = ALL_REAL[1, q.shape[2]]
-    out, probs, row_entropy = grouped_attention_core(q, k, v, real, None, True)
-    received, entropy = attention_statistics(probs, row_entropy, real)
-    return out, received, entropy
+    core = grouped_attention_core(q, k, v, real, None, need_stats=True)
+    return core.out, core.received, core.entropy
 
 
 # ------------------------------------------------------------------------------------------
@@ -149,14 +147,14 @@ def _core(sec: Section, N: int, quick: bool, threads: int) -> None:
 
     # Reference checks on the same inputs, before any timing.
     ref_out, ref_rec, ref_ent = reference_groups(gq, gk, gv)
-    fast, _, _ = grouped_attention_core(gq, gk, gv, key_mask, None, False)
+    fast = grouped_attention_core(gq, gk, gv, key_mask, None).out
     sec.check(f"N={N}: grouped core (SDPA, no mask) == per-group loop", fast, ref_out, 1e-4, 1e-4)
     out, rec, ent = grouped_stats(gq, gk, gv)
     sec.check(f"N={N}: grouped core with stats: output", out, ref_out, 1e-4, 1e-4)
     sec.check(f"N={N}: grouped core with stats: received", rec, ref_rec, 1e-4, 1e-4)
     sec.check(f"N={N}: grouped core with stats: entropy", ent, ref_ent, 1e-4, 1e-4)
-    banded, _, _ = grouped_attention_core(gq, gk, gv, key_mask, band, False)
-    banded_ref, _, _ = grouped_attention_core(gq, gk, gv, key_mask, band, True)  # explicit softmax
+    banded = grouped_attention_core(gq, gk, gv, key_mask, band).out
+    banded_ref = grouped_attention_core(gq, gk, gv, key_mask, band, need_maps=True).out
     sec.check(f"N={N}: grouped core with window band: SDPA == explicit", banded, banded_ref,
               1e-4, 1e-4)
     if N <= 2048:  # dense reference with a block-diagonal mask: the grouping itself is right
@@ -167,10 +165,10 @@ def _core(sec: Section, N: int, quick: bool, threads: int) -> None:
 
     fns = {
         "dense SDPA": lambda: F.scaled_dot_product_attention(dq, dk, dv),
-        "grouped core": lambda: grouped_attention_core(gq, gk, gv, key_mask, None, False),
+        "grouped core": lambda: grouped_attention_core(gq, gk, gv, key_mask, None).out,
         "grouped core + stats": lambda: grouped_stats(gq, gk, gv),
         f"grouped core, window {M // 2}": lambda: grouped_attention_core(gq, gk, gv, key_mask,
-                                                                         band, False),
+                                                                         band).out,
     }
     if N <= 2048:
         fns["dense + stats"] = lambda: dense_stats(dq, dk, dv)
@@ -195,7 +193,7 @@ def _core(sec: Section, N: int, quick: bool, threads: int) -> None:
     sec.profiles[f"grouped core + stats, N={N}"] = top_ops(
         lambda: grouped_stats(gq, gk, gv), calls=1 if N > 4096 else 3, quick=quick)
     sec.profiles[f"grouped core, N={N}"] = top_ops(
-        lambda: grouped_attention_core(gq, gk, gv, key_mask, None, False),
+        lambda: grouped_attention_core(gq, gk, gv, key_mask, None).out,
         calls=1 if N > 4096 else 3, quick=quick)
 
 
@@ -253,7 +251,7 @@ def _memory(sec: Section, N: int) -> None:
     peaks = {
         "dense SDPA": peak_memory_bytes(lambda: F.scaled_dot_product_attention(dq, dk, dv)),
         "grouped core": peak_memory_bytes(
-            lambda: grouped_attention_core(gq, gk, gv, key_mask, None, False)),
+            lambda: grouped_attention_core(gq, gk, gv, key_mask, None).out),
         "grouped core + stats": peak_memory_bytes(lambda: grouped_stats(gq, gk, gv)),
         "dense + stats": peak_memory_bytes(lambda: dense_stats(dq, dk, dv)),
     }
@@ -291,13 +289,13 @@ def _flex(sec: Section, N: int, quick: bool) -> None:
     flex = torch.compile(flex_attention)
     band = window_mask(M, 2 * half, gq.device)
     key_mask = torch.ones(G, M, dtype=torch.bool, device="cuda")
-    ours, _, _ = grouped_attention_core(gq, gk, gv, key_mask, band, False)
+    ours = grouped_attention_core(gq, gk, gv, key_mask, band).out
     theirs = flex(dq, dk, dv, block_mask=block_mask)
     sec.check(f"N={N}: grouped core with band == FlexAttention",
               ours.transpose(0, 1).reshape(1, H, N, DH), theirs, 1e-3, 1e-3)
     times = compare({"FlexAttention": lambda: flex(dq, dk, dv, block_mask=block_mask),
                      "grouped core, band": lambda: grouped_attention_core(gq, gk, gv, key_mask,
-                                                                          band, False)},
+                                                                          band).out},
                     rounds=2 if quick else 7, threads=torch.get_num_threads())
     for path, t in times.items():
         sec.rows.append({"table": "flex", "N": N, "path": path, **t.as_ms()})

@@ -16,6 +16,7 @@ group, N = B*G groups in the batch.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -66,14 +67,29 @@ class AttentionOutput:
     n_groups: int = 0  # G actually used for this input
 
 
+@dataclass(frozen=True)
+class CoreOutput:
+    """What `grouped_attention_core` computed for every group."""
+
+    out: Tensor  # [N, H, M, Dh]
+    received: Tensor | None = None  # [N, M] attention received from real queries, head mean
+    entropy: Tensor | None = None  # [N, M] entropy of each token's attention row, head mean
+    probs: Tensor | None = None  # [N, H, M, M] the attention maps
+
+
+# Attention scores materialised at once on the explicit path: 2**20 fp32 values = 4 MiB.
+# Chunks this small are served again and again from the allocator's heap; whole-batch
+# tensors of tens of MiB are mapped fresh and page-faulted on every call, which at N=8192
+# cost as much as the arithmetic (measured in bench/: 120 -> 64 ms for G=16, H=4, M=512).
+CHUNK_SCORES = 1 << 20
+
+
 def grouped_attention_core(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor,
-                           window: Tensor | None,
-                           need_probs: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
+                           window: Tensor | None, need_stats: bool = False,
+                           need_maps: bool = False) -> CoreOutput:
     """Attention of every group at once (DESIGN.md §2.1: groups are a batch dimension).
 
     q, k, v: [N, H, M, Dh]; key_mask: [N, M] bool (real tokens); window: [M, M] bool or None.
-    Returns the output [N, H, M, Dh] and, when `need_probs`, the probabilities [N, H, M, M]
-    and the entropy of every attention row [N, H, M] (no gradient: a routing feature).
     Every query may attend itself, so a padding query never sees an all-masked row (its
     output is discarded later); a real query sees itself anyway.
 
@@ -83,8 +99,11 @@ def grouped_attention_core(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor,
     broadcast over groups and heads (the band holds the diagonal); only a padded input gets
     the full [N, 1, M, M] mask. `key_mask.all()` is one small reduction (a host sync on a
     GPU), far cheaper than the mask it saves.
+
+    The statistics and maps need the probabilities, which the fused kernel never forms: then
+    the groups go through an explicit softmax, a chunk of groups at a time (CHUNK_SCORES).
     """
-    M, Dh = q.shape[-2], q.shape[-1]
+    M = q.shape[-2]
     allowed = None
     if not bool(key_mask.all()):
         allowed = key_mask[:, None, None, :]  # [N, 1, 1, M]
@@ -93,50 +112,56 @@ def grouped_attention_core(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor,
         allowed = allowed | torch.eye(M, dtype=torch.bool, device=q.device)  # [N, 1, M, M]
     elif window is not None:
         allowed = window  # [M, M]
-    if not need_probs:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed), None, None
+    if not (need_stats or need_maps):
+        return CoreOutput(F.scaled_dot_product_attention(q, k, v, attn_mask=allowed))
+    N, H = q.shape[:2]
+    step = max(1, CHUNK_SCORES // (H * M * M))  # groups per chunk
+    parts = []
+    for n in range(0, N, step):
+        rows = slice(n, n + step)
+        mask = allowed[rows] if allowed is not None and allowed.dim() == 4 else allowed
+        parts.append(_explicit_attention(q[rows], k[rows], v[rows], mask, key_mask[rows],
+                                         need_stats, need_maps))
+    if len(parts) == 1:
+        return parts[0]
+    return CoreOutput(**{field.name: None if getattr(parts[0], field.name) is None
+                         else torch.cat([getattr(part, field.name) for part in parts])
+                         for field in dataclasses.fields(CoreOutput)})
+
+
+def _explicit_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None,
+                        query_mask: Tensor, need_stats: bool, need_maps: bool) -> CoreOutput:
+    """Softmax attention with its probabilities, for a chunk of n groups, and from them the
+    evaluator's statistics (DESIGN.md §2.3) when asked.
+
+    q, k, v: [n, H, M, Dh]; allowed: [n, 1, M, M] or [M, M] bool or None; query_mask: [n, M]
+    bool, True on real queries (rows of padding queries count for nothing).
+    - received [n, M]: column sums of the probabilities over the real queries, mean over
+      heads: one batched vector-matrix product, mask weights [n, 1, H*M] times probs
+      [n, H*M, M], so no masked copy of probs and no strided reduction over queries;
+    - entropy [n, M]: -sum_j p_ij log p_ij of each token's own row, mean over heads, without
+      a log over [M, M]: with p_ij = exp(s_ij - lse_i) it is lse_i - sum_j p_ij s_ij (masked
+      keys have p_ij = 0 exactly), where sum_j p_ij s_ij = q_i . (sum_j p_ij k_j) for the
+      scaled query, one batched matmul like `probs @ v`, and lse_i = max_j s_ij -
+      log max_j p_ij (the largest score has the largest probability, at least 1/M, so its log
+      is exact). About 4x faster than an elementwise -p log p (`torch.special.entr`), to
+      1e-5. No gradient flows back into attention through the entropy (a routing feature).
+    """
+    n, H, M, Dh = q.shape
     q = q * Dh**-0.5  # scaling q costs M*Dh, not M*M
-    scores = q @ k.transpose(-2, -1)  # [N, H, M, M]
+    scores = q @ k.transpose(-2, -1)  # [n, H, M, M]
     if allowed is not None:
         scores = scores.masked_fill(~allowed, float("-inf"))
-    probs = scores.softmax(dim=-1)  # [N, H, M, M]
-    with torch.no_grad():
-        entropy = _row_entropy(q, k, scores, probs)  # [N, H, M]
-    return probs @ v, probs, entropy
-
-
-def _row_entropy(q: Tensor, k: Tensor, scores: Tensor, probs: Tensor) -> Tensor:
-    """Entropy -sum_j p_ij log p_ij of every attention row, without a log over [M, M].
-
-    With p_ij = exp(s_ij - lse_i), the entropy is lse_i - sum_j p_ij s_ij (masked keys have
-    p_ij = 0 exactly), and sum_j p_ij s_ij = q_i . (sum_j p_ij k_j) for the scaled query, one
-    batched matmul like `probs @ v`. lse_i = max_j s_ij - log max_j p_ij (the largest score
-    has the largest probability, at least 1/M, so its log is exact). Measured in bench/: about
-    4x faster than an elementwise -p log p pass (`torch.special.entr`), to 1e-5.
-    q, k: [N, H, M, Dh] (q scaled); scores, probs: [N, H, M, M]. Returns [N, H, M].
-    """
-    lse = scores.amax(dim=-1) - probs.amax(dim=-1).log()  # [N, H, M]
-    expected_score = (q * (probs @ k)).sum(dim=-1)  # [N, H, M]
-    return (lse - expected_score).clamp_min(0.0)
-
-
-def attention_statistics(probs: Tensor, row_entropy: Tensor,
-                         query_mask: Tensor) -> tuple[Tensor, Tensor]:
-    """The evaluator's attention statistics (DESIGN.md §2.3) from the group probabilities.
-
-    probs: [N, H, M, M]; row_entropy: [N, H, M] (from `grouped_attention_core`); query_mask:
-    [N, M] bool, True on real queries. Returns
-    - received [N, M]: attention each token receives from the real queries of its group
-      (column sums of the probabilities), mean over heads;
-    - entropy [N, M]: entropy of each token's own attention row, mean over heads.
-    The column sums are one batched vector-matrix product, mask weights [N, 1, H*M] times
-    probs [N, H*M, M], so no masked copy of probs and no strided reduction over queries is
-    made.
-    """
-    N, H, M, _ = probs.shape
-    weights = query_mask.to(probs.dtype).repeat(1, H).unsqueeze(1)  # [N, 1, H*M]
-    received = (weights @ probs.reshape(N, H * M, M)).squeeze(1) / H  # [N, M]
-    return received, row_entropy.mean(dim=1)
+    probs = scores.softmax(dim=-1)  # [n, H, M, M]
+    received = entropy = None
+    if need_stats:
+        weights = query_mask.to(probs.dtype).repeat(1, H).unsqueeze(1)  # [n, 1, H*M]
+        received = (weights @ probs.reshape(n, H * M, M)).squeeze(1) / H  # [n, M]
+        with torch.no_grad():
+            lse = scores.amax(dim=-1) - probs.amax(dim=-1).log()  # [n, H, M]
+            expected_score = (q * (probs @ k)).sum(dim=-1)  # [n, H, M]
+            entropy = (lse - expected_score).clamp_min(0.0).mean(dim=1)  # [n, M]
+    return CoreOutput(probs @ v, received, entropy, probs if need_maps else None)
 
 
 class GroupedMultiHeadAttention(nn.Module):
@@ -181,10 +206,9 @@ class GroupedMultiHeadAttention(nn.Module):
         qkv = self.qkv(x_pad).view(B * G, M, 3, H, D // H)  # [N, M, 3, H, Dh]
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [N, H, M, Dh]
         key_mask = mask_pad.view(B * G, M)  # [N, M]
-        need_probs = need_stats or need_maps
-        out, probs, row_entropy = grouped_attention_core(
-            q, k, v, key_mask, window_mask(M, self.window, x.device), need_probs)
-        out = out.transpose(1, 2).reshape(B, G, M, D)  # [B, G, M, D]
+        core = grouped_attention_core(q, k, v, key_mask, window_mask(M, self.window, x.device),
+                                      need_stats, need_maps)
+        out = core.out.transpose(1, 2).reshape(B, G, M, D)  # [B, G, M, D]
         if self.refine:
             hidden = F.gelu(torch.einsum("bgmd,gdr->bgmr", out, self.refine_in[:G]))
             out = out + torch.einsum("bgmr,grd->bgmd", hidden, self.refine_out[:G])
@@ -198,11 +222,10 @@ class GroupedMultiHeadAttention(nn.Module):
         out = out[:, :L]
 
         received = entropy = None
-        if need_stats:  # rows of padding queries count for nothing
-            received, entropy = attention_statistics(probs, row_entropy, key_mask)  # 2 x [N, M]
-            received = received.view(B, G * M)[:, :L]  # [B, L]
-            entropy = entropy.view(B, G * M)[:, :L]  # [B, L]
-        local_probs = probs.view(B, G, H, M, M) if need_maps else None
+        if need_stats:
+            received = core.received.view(B, G * M)[:, :L]  # [B, L]
+            entropy = core.entropy.view(B, G * M)[:, :L]  # [B, L]
+        local_probs = core.probs.view(B, G, H, M, M) if need_maps else None
         return AttentionOutput(out, received, entropy, local_probs, summary_probs, M, G)
 
     def _aggregate(self, x: Tensor, mask: Tensor, need_maps: bool) -> tuple[Tensor, Tensor | None]:
@@ -216,7 +239,7 @@ class GroupedMultiHeadAttention(nn.Module):
         group_real = count.squeeze(-1) > 0  # [B, G]
         qkv = self.qkv(summary).view(B, G, 3, H, D // H)  # [B, G, 3, H, Dh]
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # 3 x [B, H, G, Dh]
-        mixed, probs, _ = grouped_attention_core(q, k, v, group_real, None, need_maps)
-        mixed = mixed.transpose(1, 2).reshape(B, G, D)  # [B, G, D]
+        core = grouped_attention_core(q, k, v, group_real, None, need_maps=need_maps)
+        mixed = core.out.transpose(1, 2).reshape(B, G, D)  # [B, G, D]
         fused = self.fuse(self.out_proj(mixed))  # [B, G, D]
-        return fused, (probs if need_maps else None)
+        return fused, core.probs
