@@ -4,13 +4,17 @@ T = 4096 tokens, D = 256, experts of the shallow MLP shape D -> F -> D (F = 768,
 experts per tier, forward in eval mode without gradients, dropless (every assignment is
 computed; `capacity_factor` is None by default and the peer drops nothing either).
 
-- Dense reference: our `DenseFFN` layer whose width W makes its FLOPs equal to the expert
-  FLOPs the dispatcher executed per token (W = k F for top-k; mean K x F for DA-MoE; the
-  deep/shallow mix for DASG). MH-MoE's experts have another shape: they read sub-tokens of
-  D/h features, and the layer also runs its split and merge projections. Its like-for-like
-  reference is the same layer made dense (`DenseMultiHeadFFN`): split, one D/h -> k F -> D/h
-  FFN over every sub-token, merge; equal active FLOPs, the same expert MLP shape, no routing.
-  Its ratio to the plain dense FFN of equal expert FLOPs is reported beside it.
+- Dense reference (`DenseReference`): one D -> W -> D FFN of our expert MLP (GELU, biases)
+  whose width W makes its FLOPs equal to the expert FLOPs the dispatcher executed per token
+  (W = k F for top-k; mean K x F for DA-MoE; the deep/shallow mix for DASG). It runs on row
+  chunks whose hidden activations stay under 16 MiB: a whole [T, W] hidden tensor (25-50 MiB
+  here) is mapped fresh and page-faulted on every call, which slowed the dense reference by
+  up to 40% and would flatter the experts (each works on its own smaller slice).
+  MH-MoE's experts have another shape: they read sub-tokens of D/h features, and the layer
+  also runs its split and merge projections. Its like-for-like reference is the same layer
+  made dense: split, one D/h -> k F -> D/h FFN over every sub-token, merge; equal active
+  FLOPs, the same expert MLP shape, no routing. Its ratio to the plain dense FFN of equal
+  expert FLOPs is reported beside it.
 - Peer: Hugging Face `transformers`' `MixtralSparseMoeBlock`, 8 experts, top-2. Mixtral's
   experts are SwiGLU (three matrices), ours GELU (two), so "the same expert MLP" means equal
   FLOPs: Mixtral's intermediate size is 2F/3 = 512, giving 6 * D * 512 = 4 * D * 768 FLOPs per
@@ -32,7 +36,7 @@ import torch
 
 from dasg_moe.config import DasgConfig
 from dasg_moe.experts import ShallowExperts
-from dasg_moe.moe import DAMoE, DASGMoE, DenseFFN, MHMoE, MoEInput, MoEOutput, TopKMoE
+from dasg_moe.moe import DAMoE, DASGMoE, MHMoE, MoEInput, MoEOutput, TopKMoE
 
 from .common import Section, block_seconds, compare, top_ops
 
@@ -92,20 +96,27 @@ def reference_output(layer: torch.nn.Module, inp: MoEInput, out: MoEOutput) -> t
     return y
 
 
-class DenseMultiHeadFFN(torch.nn.Module):
-    """MH-MoE made dense: the layer's own split and merge around one D/h -> W -> D/h FFN that
-    every sub-token goes through (no router, no dispatch). With W = k F it executes the FLOPs
-    of MH-MoE's split, merge and k experts per sub-token."""
+class DenseReference(torch.nn.Module):
+    """The dense FFN of equal active FLOPs: d_in -> width -> d_in, on row chunks of at most
+    HIDDEN_CHUNK hidden values. With `mh` (an MH-MoE layer), that layer's own split and merge
+    run around it and the FFN reads the D/h-feature sub-tokens (MH-MoE made dense)."""
 
-    def __init__(self, layer: MHMoE, width: int) -> None:
+    HIDDEN_CHUNK = 1 << 22  # 16 MiB of fp32 hidden activations
+
+    def __init__(self, width: int, mh: MHMoE | None = None) -> None:
         super().__init__()
-        self.split, self.merge, self.h = layer.split, layer.merge, layer.h
-        self.ffn = ShallowExperts(1, D // layer.h, width)
+        self.mh = mh
+        self.ffn = ShallowExperts(1, D // mh.h if mh else D, width)
+
+    def flops_per_token(self) -> int:
+        return self.ffn.flops_per_token() * (self.mh.h if self.mh else 1)
 
     def forward(self, inp: MoEInput) -> torch.Tensor:
         T = inp.x.shape[0]
-        sub = self.split(inp.x).reshape(T * self.h, D // self.h)  # [T*S, D/S]
-        return self.merge(self.ffn.expert_forward(0, sub).reshape(T, D))  # [T, D]
+        rows = inp.x if self.mh is None else self.mh.split(inp.x).reshape(T * self.mh.h, -1)
+        per_chunk = max(1, self.HIDDEN_CHUNK // self.ffn.w_in.shape[-1])
+        out = torch.cat([self.ffn.expert_forward(0, part) for part in rows.split(per_chunk)])
+        return out if self.mh is None else self.mh.merge(out.reshape(T, D))  # [T, D]
 
 
 def dense_width(flops_per_token: float) -> int:
@@ -177,18 +188,21 @@ def run(quick: bool, threads: int) -> Section:
         widths[name] = width
         references[name] = f"dense FFN W={width}"
         if references[name] not in fns:
-            dense = DenseFFN(moe_config(router="dense", d_ff=width)).eval()
-            fns[references[name]] = call(dense, inputs["topk"])
+            fns[references[name]] = call(DenseReference(width).eval(), inputs["topk"])
         fns[name] = call(layers[name], inputs[name])
     mh = layers["mh_moe"]
     mh_width = mh.k * mh.experts.w_in.shape[-1]
     references["mh_moe"] = f"dense MH FFN W={mh_width} (D/h={D // mh.h})"
-    dense_mh = DenseMultiHeadFFN(mh, mh_width).eval()
+    dense_mh = DenseReference(mh_width, mh).eval()
     fns[references["mh_moe"]] = call(dense_mh, inputs["mh_moe"])
-    mh_flops = 4 * (D // mh.h) * mh_width * T * mh.h  # the FFN; split and merge are the same
+    mh_flops = float(dense_mh.flops_per_token() * T)  # the FFN; split and merge are the same
     executed = float(outs["mh_moe"].flops.sum())
     sec.check_true("dense MH FFN: FFN FLOPs == MH-MoE's executed expert FLOPs",
                    abs(mh_flops - executed) <= 1e-6 * executed, f"{mh_flops:.4g} vs {executed:.4g}")
+    with torch.no_grad():
+        dense_ref = DenseReference(2 * F_).eval()  # two chunks at T = 4096
+        sec.check("dense reference in row chunks == one D -> W -> D FFN",
+                  dense_ref(inputs["topk"]), dense_ref.ffn.expert_forward(0, inputs["topk"].x))
 
     peers = mixtral_blocks()
     x3 = inputs["topk"].x.unsqueeze(0)  # [1, T, D]

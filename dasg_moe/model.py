@@ -31,7 +31,7 @@ from .trace import AttentionMaps, RoutingRecord, RoutingTrace
 class ModelOutput:
     logits: Tensor  # [B, num_labels]
     loss: Tensor | None = None  # task loss + weighted auxiliary losses
-    aux_losses: dict[str, Tensor] = field(default_factory=dict)  # unweighted parts
+    aux_losses: dict[str, Tensor] = field(default_factory=dict)  # unweighted; {} without grad
     trace: RoutingTrace | None = None  # only with trace=True
     flops: Tensor | None = None  # [B] FFN FLOPs executed for each example, all layers
     deep_decisions: Tensor | None = None  # [B] (token, layer) pairs sent to the deep tier

@@ -59,7 +59,7 @@ class MoEOutput:
     p_deep: Tensor  # [T] policy probability of deep, NaN without a policy
     in_band: Tensor  # [T] bool
     policy_log_prob: Tensor  # [T] log-prob of the in-band decisions taken, 0 elsewhere
-    aux: dict[str, Tensor] = field(default_factory=dict)
+    aux: dict[str, Tensor] = field(default_factory=dict)  # training losses; empty without grad
 
 
 def _untiered(inp: MoEInput, out: Tensor, local: LocalRouting, flops: Tensor,
@@ -106,6 +106,14 @@ def add_shared(shared: ShallowExperts | None, x: Tensor, out: Tensor,
     return out + shared.expert_forward(0, x), flops + shared.flops_per_token()
 
 
+def _balance(local: LocalRouting) -> dict[str, Tensor]:
+    """The load-balancing loss of a one-tier router, computed only when gradients are on
+    (a training loss: inference skips it)."""
+    if not torch.is_grad_enabled():
+        return {}
+    return {"balance": load_balancing_loss(local.probs, local.expert_idx)}
+
+
 def _run(experts: ShallowExperts, x: Tensor, local: LocalRouting):
     flops = torch.full((experts.n_experts,), float(experts.flops_per_token()), device=x.device)
     return dispatch(x, local.expert_idx, local.gate, experts.expert_forward, flops)
@@ -128,8 +136,7 @@ class TopKMoE(nn.Module):
         local = self.route(inp)
         result = _run(self.experts, inp.x, local)
         out, flops = add_shared(self.shared, inp.x, result.out, result.flops)
-        aux = {"balance": load_balancing_loss(local.probs, local.expert_idx)}
-        return _untiered(inp, out, local, flops, result.tokens_per_expert, aux)
+        return _untiered(inp, out, local, flops, result.tokens_per_expert, _balance(local))
 
 
 class DAMoE(TopKMoE):
@@ -161,8 +168,8 @@ class MHMoE(nn.Module):
         result = _run(self.experts, sub, local)
         out = self.merge(result.out.reshape(T, D))  # [T, D]
         flops = result.flops.view(T, self.h).sum(-1)  # [T]
-        aux = {"balance": load_balancing_loss(local.probs, local.expert_idx)}
-        return _untiered(inp, out, local, flops, result.tokens_per_expert, aux, S=self.h)
+        return _untiered(inp, out, local, flops, result.tokens_per_expert, _balance(local),
+                         S=self.h)
 
 
 class DASGMoE(nn.Module):
@@ -220,14 +227,18 @@ class DASGMoE(nn.Module):
         # Straight-through tier gate (paper silent on how the evaluator learns from the task
         # loss): the value is multiplied by exactly 1, but the gradient tells the score
         # whether a stronger output of the chosen tier would have helped.
-        tier_gate = torch.where(deep, score, 1.0 - score).unsqueeze(-1)  # [T, 1]
-        out = out * (1.0 + tier_gate - tier_gate.detach()).to(out.dtype)
+        # Without gradients it is the identity, and skipped.
+        if torch.is_grad_enabled():
+            tier_gate = torch.where(deep, score, 1.0 - score).unsqueeze(-1)  # [T, 1]
+            out = out * (1.0 + tier_gate - tier_gate.detach()).to(out.dtype)
         out, flops = add_shared(self.shared, x, out, flops)
 
-        aux = {"balance": load_balancing_loss(shallow_local.probs[~deep],
-                                              shallow_local.expert_idx[~deep])
-               + load_balancing_loss(deep_local.probs[deep], deep_local.expert_idx[deep]),
-               "compute": compute_penalty(score)}
+        aux = {}
+        if torch.is_grad_enabled():  # training losses: nothing to compute for inference
+            aux = {"balance": load_balancing_loss(shallow_local.probs[~deep],
+                                                  shallow_local.expert_idx[~deep])
+                   + load_balancing_loss(deep_local.probs[deep], deep_local.expert_idx[deep]),
+                   "compute": compute_penalty(score)}
         return MoEOutput(out, expert_idx.unsqueeze(1), gate.unsqueeze(1), probs.unsqueeze(1),
                          flops, result.tokens_per_expert, deep.to(torch.int8), complexity,
                          score, decision.p_deep, decision.in_band, decision.log_prob, aux)
