@@ -160,9 +160,11 @@ pictures show what *this* model learned, not what a large pretrained DASG-MoE wo
               "the grouping" if cfg.shared_expert else
               "the dense FFN of every MoE layer was split into the routed experts")
     grouping = _grouping(cfg, metrics)
+    deep = "; each deep expert's frozen first layer is its shallow twin's" \
+        if cfg.has_tiers else ""
     return f"""## Origin
 Pre-training transfer from {name}{licence}: embeddings and attention weights were copied,
-{shared}; each deep expert's frozen first layer is its shallow twin's. Grouping:
+{shared}{deep}. Grouping:
 {grouping}.
 
 ## Known weaknesses
@@ -171,6 +173,19 @@ The shared expert runs on every token, so part of each token's computation does 
 on the routing; the routed experts started silent and learned only during fine-tuning, so
 they add a correction to the shared expert's output rather than carry the layer.
 """
+
+
+def _selection(cfg: DasgConfig) -> str:
+    """How many routed experts a token gets, in the router's own terms."""
+    if cfg.router == "switch":
+        return "top-1"
+    if cfg.router == "da_moe":
+        return f"1 to {cfg.k_max} per token by importance (K = ceil({cfg.k_max} I))"
+    if cfg.router == "mh_moe":
+        return f"{cfg.mh_heads} sub-tokens per token, top-{cfg.top_k} each"
+    if cfg.router == "dense":
+        return "no routing"
+    return f"top-{cfg.top_k}" + (" inside the chosen tier" if cfg.has_tiers else "")
 
 
 def model_card(cfg: DasgConfig, metrics: dict, name: str) -> str:
@@ -185,6 +200,12 @@ def model_card(cfg: DasgConfig, metrics: dict, name: str) -> str:
     deep_text = f", {cfg.n_deep} deep (middle width {cfg.d_ff_deep})" if cfg.has_tiers else ""
     if cfg.shared_expert:
         deep_text += f", 1 shared (width {cfg.d_ff_shared or cfg.d_ff}, every token)"
+    thresholds = (f"| thresholds | theta_s = {cfg.theta_s}, theta_d = {cfg.theta_d} |\n"
+                  if cfg.has_tiers else "")
+    other_thresholds = (
+        "Run it under other thresholds without retraining:\n`python -m dasg_moe.evaluate "
+        f"--checkpoint sample_checkpoints/{name} --theta-s 0.2 --theta-d 0.8`.\n\n"
+        if cfg.has_tiers else "")
     attention = (f"GMHA, G = {cfg.n_groups} groups of {cfg.group_len} tokens, window "
                  f"{cfg.window}, aggregation {'on' if cfg.aggregate_groups else 'off'}"
                  if cfg.attention == "gmha" else "full multi-head attention")
@@ -197,9 +218,8 @@ A DASG-MoE routing-lab checkpoint: router `{cfg.router}`, {attention}, task `{cf
 |---|---|
 | layers / d_model / heads | {cfg.n_layers} / {cfg.d_model} / {cfg.n_heads} |
 | MoE layers | every {cfg.moe_every} (others dense, width {cfg.d_ff_dense or cfg.d_ff}) |
-| experts | {cfg.n_shallow} shallow (width {cfg.d_ff}){deep_text}, top-{cfg.top_k} |
-| thresholds | theta_s = {cfg.theta_s}, theta_d = {cfg.theta_d} |
-| parameters | {metrics.get('params_total', 0) / 1e6:.2f} M total, {
+| experts | {cfg.n_shallow} shallow (width {cfg.d_ff}){deep_text}, {_selection(cfg)} |
+{thresholds}| parameters | {metrics.get('params_total', 0) / 1e6:.2f} M total, {
     metrics.get('params_active', 0) / 1e6:.2f} M active per token |
 
 ## Data
@@ -224,10 +244,7 @@ GLUE `{cfg.task}`: trained on the train split, measured on the validation split
 Training time {_fmt(training.get('seconds'), 0)} s on {training.get('hardware', 'n/a')}
 (torch {training.get('torch', 'n/a')}), seed {training.get('seed', 'n/a')}.
 
-Run it under other thresholds without retraining:
-`python -m dasg_moe.evaluate --checkpoint sample_checkpoints/{name} --theta-s 0.2 --theta-d 0.8`.
-
-{_origin(cfg, _pretrained_source(training.get('command', '')), metrics)}
+{other_thresholds}{_origin(cfg, _pretrained_source(training.get('command', '')), metrics)}
 <details><summary>metrics.json</summary>
 
 ```json

@@ -65,3 +65,16 @@ def test_from_scratch_and_full_attention_cards():
     assert "Trained from scratch" in scratch and "Grouping" not in scratch
     full = grouping(DasgConfig(attention="mha"), MRPC_METRICS)
     assert full.startswith("Grouping: full attention.")
+
+
+def test_the_card_describes_each_routers_own_selection_and_tiers():
+    dasg = model_card(DasgConfig(router="dasg"), MRPC_METRICS, "x")
+    assert "top-2 inside the chosen tier" in dasg and "| thresholds | theta_s = 0.3" in dasg
+    assert "--theta-s 0.2 --theta-d 0.8" in dasg and "deep expert's frozen first layer" in dasg
+    switch = model_card(DasgConfig(router="switch", n_shallow=8), MRPC_METRICS, "x")
+    assert "8 shallow (width" in switch and ", top-1 |" in switch
+    assert "theta" not in switch.split("<details>")[0] and "deep expert" not in switch
+    da_moe = model_card(DasgConfig(router="da_moe", k_max=4), MRPC_METRICS, "x")
+    assert "1 to 4 per token by importance" in da_moe
+    mh_moe = model_card(DasgConfig(router="mh_moe", mh_heads=2), MRPC_METRICS, "x")
+    assert "2 sub-tokens per token, top-2 each" in mh_moe
