@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dasg_moe import attention
 from dasg_moe.attention import GroupedMultiHeadAttention, group_count, window_mask
 from dasg_moe.config import DasgConfig
 
@@ -200,6 +201,20 @@ def test_entropy_is_the_mean_over_heads_of_each_rows_entropy(scale):
     expected = rows.mean(dim=2).reshape(2, G * M)[:, :L].float()
     torch.testing.assert_close(out.entropy, expected, atol=2e-5, rtol=0)
     assert out.entropy.min() >= 0
+
+
+def test_explicit_attention_is_the_same_in_one_chunk_or_many(monkeypatch):
+    # The explicit path works a chunk of groups at a time; chunk boundaries must not show,
+    # with padding (a per-group mask) and a window, for outputs, statistics and maps.
+    attn = build()
+    make_nonzero(attn)
+    x, mask = torch.randn(3, 30, D), padding_mask([30, 17, 9], 30)
+    whole = attn(x, mask, need_stats=True, need_maps=True)
+    monkeypatch.setattr(attention, "CHUNK_SCORES", H * 8 * 8 * 3)  # 3 groups per chunk
+    chunked = attn(x, mask, need_stats=True, need_maps=True)
+    for name in ("hidden", "received", "entropy", "local_probs", "summary_probs"):
+        torch.testing.assert_close(getattr(chunked, name), getattr(whole, name), atol=1e-6,
+                                   rtol=0)
 
 
 def test_stats_and_maps_are_kept_only_when_asked():
