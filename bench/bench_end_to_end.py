@@ -26,6 +26,7 @@ from .common import (
     compare,
     latencies,
     percentile,
+    top_ops,
 )
 from .models import flagship, forward_flops, random_batch, small_model
 
@@ -116,6 +117,10 @@ def _op_overhead(sec: Section, model, ids, mask, types, quick: bool) -> None:
                          "us_per_top_level_op": round(wall * 1e6 * calls / len(top_level), 2),
                          "matmul_mflop": round(forward_flops(model, out, ids.shape[1]) / 1e6,
                                                2)})
+    def traced():
+        with torch.no_grad():
+            return model(ids, mask, types, trace=True)
+    sec.profiles["small model, one sentence, trace on"] = top_ops(traced, n=10, quick=quick)
     sec.notes.append(
         "Operators: one small-model sentence runs thousands of tiny operators (routing, "
         "dispatch per expert, trace records), each paying eager PyTorch's host-side dispatch "
