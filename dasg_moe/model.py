@@ -242,11 +242,15 @@ class DasgMoEModel(nn.Module):
         """Scatter each layer's [T, ...] routing tensors back to [B, L, ...] on the CPU."""
         theta_s, theta_d = (overrides or RoutingOverrides()).thresholds(self.config)
         mask_cpu = mask.cpu()
+        all_real = bool(mask_cpu.all())  # e.g. one sentence: no padding to fill
 
         def spread(values: Tensor, fill: float) -> Tensor:
             values = values.detach().cpu()
             values = values.float() if values.is_floating_point() else values
-            out = torch.full((*mask_cpu.shape, *values.shape[1:]), fill, dtype=values.dtype)
+            shape = (*mask_cpu.shape, *values.shape[1:])
+            if all_real:  # tokens are already in [B, L] order; a copy, never a view
+                return values.reshape(shape).clone()
+            out = torch.full(shape, fill, dtype=values.dtype)
             out[mask_cpu] = values
             return out
 
