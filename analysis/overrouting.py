@@ -149,7 +149,7 @@ def example_overrouting(frame: pd.DataFrame, examples: pd.DataFrame, *,
         for example, group in rows[over].groupby("example"):
             words[example] = ", ".join(f"{w}×{c}" for w, c in
                                        Counter(group["word_text"]).most_common(top_words))
-    out["overrouted_words"] = out["example"].map(words).fillna("")
+    out["overrouted_words"] = [words.get(example, "") for example in out["example"]]
     return out
 
 
