@@ -183,12 +183,15 @@ def run(quick: bool, threads: int) -> Section:
         return fn
 
     widths, references = {}, {}
+    reference_flops = {}  # reference name -> FFN FLOPs of one call
     for name, out in outs.items():
         width = dense_width(float(out.flops.mean()))
         widths[name] = width
         references[name] = f"dense FFN W={width}"
         if references[name] not in fns:
-            fns[references[name]] = call(DenseReference(width).eval(), inputs["topk"])
+            dense = DenseReference(width).eval()
+            fns[references[name]] = call(dense, inputs["topk"])
+            reference_flops[references[name]] = float(dense.flops_per_token() * T)
         fns[name] = call(layers[name], inputs[name])
     mh = layers["mh_moe"]
     mh_width = mh.k * mh.experts.w_in.shape[-1]
@@ -196,6 +199,7 @@ def run(quick: bool, threads: int) -> Section:
     dense_mh = DenseReference(mh_width, mh).eval()
     fns[references["mh_moe"]] = call(dense_mh, inputs["mh_moe"])
     mh_flops = float(dense_mh.flops_per_token() * T)  # the FFN; split and merge are the same
+    reference_flops[references["mh_moe"]] = mh_flops
     executed = float(outs["mh_moe"].flops.sum())
     sec.check_true("dense MH FFN: FFN FLOPs == MH-MoE's executed expert FLOPs",
                    abs(mh_flops - executed) <= 1e-6 * executed, f"{mh_flops:.4g} vs {executed:.4g}")
@@ -232,11 +236,8 @@ def run(quick: bool, threads: int) -> Section:
                        vs_mixtral_best=round(t.median_s / mixtral[best_peer], 3))
         elif name.startswith("Mixtral"):
             row.update(expert_gflop=round(6 * D * (2 * F_ // 3) * 2 * T / 1e9, 3))
-        elif name == references["mh_moe"]:
-            row.update(expert_gflop=round(mh_flops / 1e9, 3))
         else:
-            width = int(name.split("W=")[1])
-            row.update(expert_gflop=round(4 * D * width * T / 1e9, 3))
+            row.update(expert_gflop=round(reference_flops[name] / 1e9, 3))
         sec.rows.append(row)
     for name in outs:
         ratio = times[name].median_s / times[references[name]].median_s
